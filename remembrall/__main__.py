@@ -1,0 +1,3 @@
+from remembrall.cli import main
+
+raise SystemExit(main())

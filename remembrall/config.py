@@ -1,0 +1,310 @@
+"""Typed, validated pipeline configuration loaded from YAML.
+
+Every section is a dataclass; loading walks the YAML against the type hints, so an unknown
+key, a wrong type or an out-of-range value is a :class:`ConfigError` that names the file and
+the dotted key (``configs/x.yaml: infer.batch_size: expected an integer >= 1, got 'big'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased so the user knows which key to fix."""
+
+
+def _f(default: Any, *, min: float | None = None, max: float | None = None, help: str = "") -> Any:
+    return field(default=default, metadata={"min": min, "max": max, "help": help})
+
+
+def _lf(factory: Any) -> Any:
+    return field(default_factory=factory)
+
+
+@dataclass
+class SourceConfig:
+    """One input stream. ``uri`` is a path, ``rtsp://…``, ``http(s)://…``, ``/dev/videoN``,
+    ``builtin:NAME`` (a video a package ships), or for text: a path, ``-`` (stdin),
+    ``zmq+pull:tcp://…``, ``http+listen://127.0.0.1:PORT``."""
+
+    uri: str = "builtin:bigbuckbunny"
+    id: str = ""
+    modality: Literal["auto", "video", "text"] = "auto"
+    live: Literal["auto", "yes", "no"] = "auto"
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    timeout_s: float = _f(5.0, min=0.1)
+    reconnect_initial_s: float = _f(0.5, min=0.01)
+    reconnect_max_s: float = _f(10.0, min=0.01)
+    max_reconnects: int = _f(0, min=0, help="0 retries forever")
+    loop: int = _f(1, min=0, help="times to play a file; 0 loops forever")
+    max_fps: float | None = _f(None, min=0.01)
+    labels: str | None = None
+
+
+@dataclass
+class DecodeConfig:
+    width: int | None = _f(224, min=8, max=8192)
+    height: int | None = _f(224, min=8, max=8192)
+    threads: int = _f(0, min=0, help="decoder threads, 0 = FFmpeg's choice")
+    max_decode_errors: int = _f(100, min=0, help="consecutive undecodable packets before a file is abandoned")
+
+
+@dataclass
+class InferConfig:
+    backbone: Literal["efficientnet-lite0"] = "efficientnet-lite0"
+    device: str = "auto"
+    half: Literal["auto", "yes", "no"] = "auto"
+    batch_size: int = _f(16, min=1, max=1024)
+    max_wait_ms: float = _f(20.0, min=0.0)
+    image_size: int = _f(224, min=32, max=1024)
+    threads: int = _f(0, min=0, help="torch CPU threads, 0 = all cores")
+    topk: int = _f(5, min=1, max=100)
+    head: str = "imagenet"
+    queue: int = _f(64, min=1)
+
+
+@dataclass
+class SinkConfig:
+    path: str = "predictions.jsonl"
+    pub: str | None = None
+    flush_every: int = _f(32, min=1)
+
+
+@dataclass
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = _f(9108, min=0, max=65535)
+    enabled: bool = True
+
+
+@dataclass
+class TransportConfig:
+    hwm: int = _f(64, min=1)
+    max_message_bytes: int = _f(64 << 20, min=1024)
+    allow_remote: bool = False
+
+
+@dataclass
+class SupervisorConfig:
+    restart_backoff_s: float = _f(0.5, min=0.0)
+    restart_backoff_max_s: float = _f(10.0, min=0.0)
+    max_restarts: int = _f(10, min=0)
+    drain_timeout_s: float = _f(60.0, min=1.0)
+    stage_idle_drain_s: float = _f(5.0, min=0.1)
+
+
+@dataclass
+class Config:
+    sources: list[SourceConfig] = _lf(lambda: [SourceConfig()])
+    decode: DecodeConfig = _lf(DecodeConfig)
+    infer: InferConfig = _lf(InferConfig)
+    sink: SinkConfig = _lf(SinkConfig)
+    metrics: MetricsConfig = _lf(MetricsConfig)
+    transport: TransportConfig = _lf(TransportConfig)
+    supervisor: SupervisorConfig = _lf(SupervisorConfig)
+    run_dir: str | None = None
+    out: str = "out"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Extension sections (select, buffer, label, retrain, text, ...) registered by other modules.
+    extra: dict[str, Any] = _lf(dict)
+
+
+#: Sections contributed by feature modules: name -> dataclass. Registered at import time.
+EXTRA_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> type:
+    """Let a feature module add a top-level config section validated like the built-in ones."""
+    EXTRA_SECTIONS[name] = cls
+    return cls
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(tp: Any, value: Any, key: str, meta: dict[str, Any] | None = None) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key, meta)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if tp is int and ok and float(value) != int(value):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        value = tp(value)
+        meta = meta or {}
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and value < lo:
+            raise ConfigError(f"{key}: must be >= {lo}, got {value!r}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{key}: must be <= {hi}, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover - programming error
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys by their dotted name."""
+    where = prefix or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if cls is Config and key in EXTRA_SECTIONS:
+            continue
+        if key not in known or (cls is Config and key == "extra"):
+            choices = sorted(set(known) - {"extra"} | (set(EXTRA_SECTIONS) if cls is Config else set()))
+            raise ConfigError(f"{dotted}: unknown key (known keys here: {', '.join(choices)})")
+        kwargs[key] = _convert(hints[key], value, dotted, dict(known[key].metadata))
+    obj = cls(**kwargs)
+    if cls is Config:
+        for name, section in EXTRA_SECTIONS.items():
+            obj.extra[name] = from_dict(section, data.get(name), name)
+    return obj
+
+
+#: Modules that call :func:`register_section` for their feature's config section.
+FEATURE_CONFIG_MODULES = ("remembrall.learning.config", "remembrall.io.text_config")
+
+
+def _import_feature_sections() -> None:
+    """Feature modules register their sections on import; import the known ones."""
+    import importlib
+
+    for mod in FEATURE_CONFIG_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a YAML config; ``overrides`` are dotted keys from the command line."""
+    _import_feature_sections()
+    data: Any = {}
+    label = str(path) if path else "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{label}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{label}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: the top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{label}: {dotted}: cannot override inside a non-mapping")
+        node[parts[-1]] = value
+    try:
+        cfg = from_dict(Config, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    _check_semantics(cfg, label)
+    return cfg
+
+
+def _check_semantics(cfg: Config, label: str) -> None:
+    if not cfg.sources:
+        raise ConfigError(f"{label}: sources: at least one source is needed")
+    seen = set()
+    for i, src in enumerate(cfg.sources):
+        if not src.id:
+            src.id = f"stream{i}"
+        if src.id in seen:
+            raise ConfigError(f"{label}: sources[{i}].id: duplicate stream id {src.id!r}")
+        seen.add(src.id)
+        if src.reconnect_max_s < src.reconnect_initial_s:
+            raise ConfigError(f"{label}: sources[{i}].reconnect_max_s must be >= reconnect_initial_s")
+    if (cfg.decode.width is None) != (cfg.decode.height is None):
+        raise ConfigError(f"{label}: decode.width and decode.height must be set together")
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """Plain-data form of a config (for stage specs passed to child processes)."""
+    if dataclasses.is_dataclass(cfg):
+        out = {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        if isinstance(cfg, Config):
+            extra = out.pop("extra")
+            out.update(extra)
+        return out
+    if isinstance(cfg, list):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def config_from_plain(data: dict[str, Any]) -> Config:
+    """Rebuild a validated :class:`Config` from :func:`config_to_dict` output."""
+    _import_feature_sections()
+    return from_dict(Config, data)

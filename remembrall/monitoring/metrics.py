@@ -1,0 +1,85 @@
+"""The pipeline's Prometheus metrics: one definition each, shared by every stage process.
+
+Stages run as separate processes, so metrics use prometheus_client's multiprocess mode: each
+process writes to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` and the supervisor's one
+scrape endpoint aggregates them. The supervisor sets that variable before any stage starts;
+without it (a library user, a unit test) the metrics are ordinary in-process ones.
+
+Names follow DESIGN.md §6, prefix ``remembrall_``, labels ``stage`` and ``stream``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LONG_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_SWAP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+FRAMES = Counter("remembrall_frames", "Items (frames or texts) a stage processed.", ["stage", "stream"])
+DROPPED = Counter(
+    "remembrall_frames_dropped",
+    "Items dropped, by reason (backpressure, malformed, decode_error, lost, ...).",
+    ["stage", "stream", "reason"],
+)
+LATENCY = Histogram(
+    "remembrall_stage_latency_seconds",
+    "Time a stage spent on one item (per-item share of a batch for batched stages).",
+    ["stage", "stream"],
+    buckets=_LATENCY_BUCKETS,
+)
+E2E_LATENCY = Histogram(
+    "remembrall_end_to_end_latency_seconds",
+    "Wall time from ingest at the source to the prediction being written.",
+    ["stream"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "remembrall_queue_depth", "Items waiting in a stage's input queue.", ["stage", "stream"],
+    multiprocess_mode="livesum",
+)
+SAMPLES_SELECTED = Counter(
+    "remembrall_samples_selected", "Samples the select stage kept for labelling.", ["stage", "stream"]
+)
+BUFFER_SIZE = Gauge(
+    "remembrall_buffer_size", "Samples held in the replay buffer.", ["stage", "stream"], multiprocess_mode="livemax"
+)
+RETRAIN_RUNS = Counter("remembrall_retrain_runs", "Retraining runs started.", ["stage", "stream"])
+RETRAIN_SECONDS = Histogram(
+    "remembrall_retrain_seconds", "Duration of one retraining run.", ["stage", "stream"], buckets=_LONG_BUCKETS
+)
+GPU_SHARE = Gauge(
+    "remembrall_gpu_share",
+    "Share of accelerator (or CPU) time used by retraining over the last window.",
+    ["stage", "stream"],
+    multiprocess_mode="livemax",
+)
+MODEL_VERSION = Gauge(
+    "remembrall_model_version", "Version of the model a stage serves.", ["stage", "stream"],
+    multiprocess_mode="livemax",
+)
+ONLINE_ACCURACY = Gauge(
+    "remembrall_online_accuracy",
+    "Prequential accuracy of served predictions where labels exist (running, last window).",
+    ["stage", "stream"],
+    multiprocess_mode="livemax",
+)
+SWAP_SECONDS = Histogram(
+    "remembrall_swap_seconds", "Time the serving loop paused to swap in a new model.", ["stage", "stream"],
+    buckets=_SWAP_BUCKETS,
+)
+DECODE_ERRORS = Counter(
+    "remembrall_decode_errors", "Packets or frames that could not be decoded.", ["stage", "stream"]
+)
+SOURCE_RECONNECTS = Counter(
+    "remembrall_source_reconnects", "Reconnection attempts to a live source.", ["stage", "stream"]
+)
+SOURCE_CONNECTED = Gauge(
+    "remembrall_source_connected", "1 while a source is delivering, 0 while it is (re)connecting.",
+    ["stage", "stream"], multiprocess_mode="livemax",
+)
+STAGE_UP = Gauge(
+    "remembrall_stage_up", "1 while a stage process is running (set by the supervisor).", ["stage"],
+    multiprocess_mode="livemax",
+)
+STAGE_RESTARTS = Counter("remembrall_stage_restarts", "Times the supervisor restarted a stage.", ["stage"])

@@ -1,0 +1,165 @@
+"""What every stage process shares: its spec, its sockets, validated receive, counted drops, stop.
+
+A stage is started by the supervisor as ``python -m remembrall.pipeline.worker SPEC.json``; the
+spec names the stage's class, its input/output endpoints, the streams it should expect and the
+whole validated config. Subclasses implement :meth:`Stage.run` and use the helpers here so that
+malformed input is always counted and logged, never fatal, and SIGTERM always means "finish
+what you hold, tell downstream, exit 0".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from remembrall.config import Config, config_from_plain
+from remembrall.monitoring import metrics as m
+from remembrall.pipeline.endpoints import open_socket
+from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageSpec:
+    """Everything a stage process needs, written by the supervisor as JSON."""
+
+    name: str
+    type: str
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    streams: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    run_dir: str = ""
+    out_dir: str = ""
+    #: Streams whose producers already finished before this (re)start: do not wait for their eos.
+    finished_streams: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> StageSpec:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+class Stage:
+    """Base class of a stage process. Subclasses set ``type`` and implement :meth:`run`."""
+
+    type = ""
+
+    def __init__(self, spec: StageSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.cfg: Config = config_from_plain(spec.config)
+        self.ctx = zmq.Context.instance()
+        self.stopping = False
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._malformed_logged = 0
+
+    # ----------------------------------------------------------------- lifecycle
+    def install_signal_handlers(self) -> None:
+        def _stop(signum: int, _frame: Any) -> None:
+            if self.stopping:
+                log.warning("%s: second %s, exiting now", self.name, signal.Signals(signum).name)
+                os._exit(1)
+            log.info("%s: %s received, draining", self.name, signal.Signals(signum).name)
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def run(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+    # ----------------------------------------------------------------- sockets
+    def socket(self, role: str, endpoint: str | None = None, **kwargs: Any) -> zmq.Socket:
+        """Open (once) the socket for input or output ``role`` from the spec."""
+        if role in self._sockets:
+            return self._sockets[role]
+        ep = endpoint or self.spec.inputs.get(role) or self.spec.outputs.get(role)
+        if ep is None:
+            raise KeyError(f"stage {self.name} has no endpoint for {role!r}")
+        t = self.cfg.transport
+        opts = {"hwm": t.hwm, "max_message_bytes": t.max_message_bytes, "allow_remote": t.allow_remote}
+        opts.update(kwargs)
+        sock = open_socket(self.ctx, ep, **opts)
+        self._sockets[role] = sock
+        return sock
+
+    def has(self, role: str) -> bool:
+        return role in self.spec.inputs or role in self.spec.outputs
+
+    def send(self, sock: zmq.Socket, msg: Message, *, block: bool = True, timeout_ms: int | None = None) -> bool:
+        """Send ``msg``. Non-blocking sends return False when the peer queue is full.
+
+        A blocking send waits until the peer takes it (a file run loses nothing); a second
+        SIGTERM exits hard if the peer never comes back.
+        """
+        parts = encode_message(msg)
+        if not block:
+            try:
+                sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                return False
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        while True:
+            if sock.poll(100, zmq.POLLOUT):
+                sock.send_multipart(parts, copy=False)
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    def recv(self, sock: zmq.Socket, timeout_ms: int = 100) -> Message | None:
+        """Receive one valid message, or None on timeout. Malformed input is counted and dropped."""
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        return self.recv_ready(sock)
+
+    def recv_ready(self, sock: zmq.Socket) -> Message | None:
+        """Receive a message known to be waiting; None if it was malformed (counted, logged)."""
+        try:
+            parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        try:
+            return decode_message(parts)
+        except MalformedMessage as exc:
+            self.count_malformed(exc, sum(len(p.buffer) for p in parts))
+            return None
+
+    def count_malformed(self, exc: MalformedMessage, size: int) -> None:
+        m.DROPPED.labels(self.name, "", f"malformed_{exc.reason}").inc()
+        self._malformed_logged += 1
+        if self._malformed_logged <= 10 or self._malformed_logged % 1000 == 0:
+            log.warning(
+                "%s: dropped a malformed message (%d bytes): %s [%d so far]",
+                self.name, size, exc, self._malformed_logged,
+            )
+
+
+def run_stage(spec: StageSpec) -> int:
+    """Instantiate the stage class named by ``spec.type`` and run it to completion."""
+    from remembrall.stages import stage_class
+
+    stage = stage_class(spec.type)(spec)
+    stage.install_signal_handlers()
+    try:
+        return int(stage.run() or 0)
+    finally:
+        stage.close()
