@@ -90,7 +90,7 @@ class VisionBackbone:
             net = net.half()
         self.net = net
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def embed(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Embed a batch of uint8 RGB frames; returns float32 on the backbone's device."""
         x = torch.as_tensor(images)
