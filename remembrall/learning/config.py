@@ -1,0 +1,102 @@
+"""Config sections of the learning loop: ``select``, ``label``, ``buffer``, ``retrain``.
+
+Registered on import (``remembrall.config.FEATURE_CONFIG_MODULES`` lists this module), so a
+YAML file validates them like the built-in sections: an unknown key or a bad value names the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from remembrall.config import _f, register_section
+
+
+@dataclass
+class SelectConfig:
+    """Which samples are worth a label (DESIGN §5 embedding-guided sampling)."""
+
+    sampler: Literal["embedding", "uniform"] = "embedding"
+    #: Fraction of the stream to keep (both samplers); the embedding sampler keeps up to this many
+    #: of the deduplicated candidates per window, ranked by entropy.
+    rate: float = _f(0.1, min=0.0, max=1.0)
+    window: int = _f(20, min=1, max=100000, help="entropy-ranking window (candidates)")
+    memory: int = _f(512, min=1, max=1000000, help="recently taken embeddings in the FAISS index")
+    k: int = _f(4, min=1, max=64, help="nearest taken neighbours that damp a candidate")
+    quantile: float = _f(0.2, min=0.01, max=0.99, help="quantile of NN distances that is 'near'")
+    ewma: float = _f(0.05, min=0.0001, max=1.0, help="step of the adaptive threshold")
+    uniform_mode: Literal["every", "random"] = "every"
+    seed: int = 0
+
+
+@dataclass
+class LabelConfig:
+    """Where labels come from and which class names are acceptable."""
+
+    labeler: Literal["oracle", "teacher", "external"] = "oracle"
+    #: Accepted class names; empty = open vocabulary (new classes grow the head).
+    classes: list[str] = field(default_factory=list)
+    teacher_model: Literal["efficientnet-lite0", "efficientnet-lite2"] = "efficientnet-lite0"
+    teacher_image_size: int = _f(320, min=32, max=1024)
+    teacher_tta: bool = True
+    teacher_min_confidence: float = _f(0.3, min=0.0, max=1.0)
+    #: Optional user-class -> list of ImageNet class names; empty = user classes are ImageNet names.
+    teacher_class_map: dict[str, list[str]] = field(default_factory=dict)
+    external_dir: str = "external"
+    pending: int = _f(10000, min=1, help="samples awaiting an external label")
+
+
+@dataclass
+class BufferConfig:
+    """The replay memory (DESIGN §5 buffer)."""
+
+    capacity: int = _f(2000, min=1, max=10_000_000)
+    policy: Literal["reservoir", "class_balanced"] = "class_balanced"
+    holdout_every: int = _f(5, min=2, help="every k-th labelled sample goes to the held-out slice")
+    holdout_capacity: int = _f(400, min=1)
+    path: str = "buffer/replay.npz"
+    persist_every: int = _f(16, min=1, help="inserts between atomic saves")
+    persist_interval_s: float = _f(2.0, min=0.0)
+    on_corrupt: Literal["error", "rebuild"] = "rebuild"
+    seed: int = 0
+
+
+@dataclass
+class RetrainConfig:
+    """Few-shot retraining under a compute share, early stopping, hot-swap, base update."""
+
+    #: Initial specialized/base head: a checkpoint path, "imagenet", or "none" (cold start).
+    base_head: str = "none"
+    min_labels: int = _f(16, min=1, help="labelled samples before the first run")
+    every_labels: int = _f(32, min=1, help="new labels that trigger a run (cadence)")
+    drift_trigger: float = _f(0.15, min=0.0, max=2.0, help="scene drift (cosine) that triggers a run")
+    lr: float = _f(0.01, min=0.0)
+    weight_decay: float = _f(1e-4, min=0.0)
+    batch_size: int = _f(64, min=1)
+    steps_per_slice: int = _f(5, min=1)
+    max_steps: int = _f(300, min=1)
+    warmup_steps: int = _f(20, min=0)
+    w1: float = _f(1.0, min=0.0)
+    w2: float = _f(1.0, min=0.0)
+    tau: float = _f(0.0)
+    delta_acc_max: float = _f(0.2, min=1e-6)
+    drift_max: float = _f(0.3, min=1e-6)
+    patience: int = _f(3, min=1, help="slices with S_t <= tau before stopping")
+    share: float = _f(0.3, min=0.01, max=1.0, help="max share of compute time over the window")
+    share_window_s: float = _f(10.0, min=0.1)
+    max_backlog: int = _f(8, min=0)
+    threads: int = _f(1, min=0, help="torch threads in the retrain process, 0 = torch default")
+    device: str = "cpu"
+    reptile: bool = True
+    reptile_eps_min: float = _f(0.05, min=0.0, max=1.0)
+    reptile_eps_max: float = _f(0.5, min=0.0, max=1.0)
+    reptile_ewma: float = _f(0.1, min=0.0001, max=1.0)
+    republish_s: float = _f(5.0, min=0.1)
+    keep_versions: int = _f(10, min=2)
+    seed: int = 0
+
+
+register_section("select", SelectConfig)
+register_section("label", LabelConfig)
+register_section("buffer", BufferConfig)
+register_section("retrain", RetrainConfig)
