@@ -1,0 +1,597 @@
+"""Video sources: files, labelled manifests, RTSP/HTTP streams and cameras, all decoded by PyAV.
+
+``open_source`` turns a :class:`~remembrall.config.SourceConfig` into a :class:`FrameSource`, an
+iterator of :class:`VideoFrame` (RGB ``uint8``, optionally resized by FFmpeg's swscale, which is
+far cheaper than resizing in numpy afterwards). Files are probed when opened, so a missing path or
+a file that is not a video fails fast with a :class:`SourceError` instead of at the first frame.
+Live sources (RTSP, live HTTP, cameras) never give up on a transient failure: they reconnect with
+exponential backoff, sleep in short slices so a stop request is honoured within ~0.1 s, and keep
+the frame ``index`` increasing across reconnects so downstream sequence numbers stay monotonic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import av
+import numpy as np
+
+from remembrall.io.builtin import resolve_builtin
+from remembrall.io.errors import SourceError
+
+if TYPE_CHECKING:
+    from remembrall.config import SourceConfig
+    from remembrall.io.manifest import SidecarLabels
+
+log = logging.getLogger(__name__)
+
+#: FFmpeg "demuxers" that accept arbitrary text (ANSI art) and would turn a text file into frames.
+_TEXT_FORMATS = {"tty"}
+_TEXT_CODECS = {"ansi", "bintext", "xbin", "idf"}
+#: Packets read while probing a file for its first decodable frame.
+_PROBE_PACKETS = 300
+#: Consecutive container read errors tolerated in a file even when max_decode_errors is 0.
+_MAX_DEMUX_RETRIES = 10
+#: Granularity of backoff sleeps, so ``should_stop`` is noticed quickly.
+_SLEEP_SLICE_S = 0.05
+
+
+@dataclass
+class VideoFrame:
+    """One decoded frame, as the decode stage ships it downstream."""
+
+    image: np.ndarray  # HxWx3 uint8 RGB, C-contiguous
+    pts: float | None  # media time in seconds (monotonic over loops of a file)
+    index: int  # 0,1,2,... over the whole source life (across reconnects and loops)
+    label: str | None = None  # per-frame label from a manifest or sidecar file
+    id: str | None = None  # item id from a manifest / sidecar line
+
+
+class SourceStats(Protocol):
+    """Callbacks the decode stage passes in so a source's troubles become metrics."""
+
+    def decode_error(self, n: int = 1) -> None: ...
+
+    def reconnect(self) -> None: ...
+
+    def connected(self, up: bool) -> None: ...
+
+
+class _NullStats:
+    def decode_error(self, n: int = 1) -> None:
+        pass
+
+    def reconnect(self) -> None:
+        pass
+
+    def connected(self, up: bool) -> None:
+        pass
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced, for log lines (RTSP cameras embed credentials)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+# ----------------------------------------------------------------------------------- helpers
+class _RateLimiter:
+    """Keeps frames on a ``1/max_fps`` grid of media time, so 25 fps -> 10 fps gives 10, not 8."""
+
+    def __init__(self, max_fps: float | None) -> None:
+        self.period = 1.0 / max_fps if max_fps else None
+        self.next: float | None = None
+        self.last: float | None = None
+
+    def keep(self, pts: float | None) -> bool:
+        if self.period is None:
+            return True
+        t = pts if pts is not None else time.monotonic()
+        if self.next is None or (self.last is not None and t < self.last - self.period):
+            self.next = t  # first frame, or the clock went back (reconnect): restart the grid
+        self.last = t
+        if t < self.next - 1e-6:
+            return False
+        self.next += self.period
+        if self.next <= t:  # a gap in the stream: do not burst to catch up
+            self.next = t + self.period
+        return True
+
+
+class _ErrorCounter:
+    """Counts undecodable packets (all and consecutive) and reports them to the stats sink."""
+
+    def __init__(self, stats: SourceStats, cap: int) -> None:
+        self.stats = stats
+        self.cap = cap
+        self.total = 0
+        self.consecutive = 0
+        self.first: str | None = None
+
+    def error(self, exc: BaseException) -> None:
+        self.total += 1
+        self.consecutive += 1
+        if self.first is None:
+            self.first = str(exc)
+        self.stats.decode_error(1)
+
+    def ok(self) -> None:
+        self.consecutive = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.cap > 0 and self.consecutive >= self.cap
+
+
+class _CorruptPacket(Exception):
+    """A packet the demuxer flagged as corrupt (truncated or damaged data)."""
+
+    def __init__(self, frames: list[Any]) -> None:
+        super().__init__("packet flagged corrupt by the demuxer (truncated or damaged data)")
+        self.frames = frames
+
+
+class _StreamLost(Exception):
+    """A live stream stopped delivering (read error, timeout, too many bad packets)."""
+
+
+def _target_size(width: int | None, height: int | None, src_w: int, src_h: int) -> tuple[int, int] | None:
+    if width is None and height is None:
+        return None
+    if width is None:
+        width = max(2, round(src_w * height / src_h))  # type: ignore[operator]
+    if height is None:
+        height = max(2, round(src_h * width / src_w))
+    return int(width), int(height)
+
+
+# ----------------------------------------------------------------------------------- sources
+class FrameSource:
+    """An iterator of :class:`VideoFrame`. Subclasses implement :meth:`_frames`; this class
+    assigns the global ``index``, applies ``max_fps`` and stops on ``should_stop()``/``close()``."""
+
+    live: bool = False
+    uri: str = ""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        live: bool,
+        width: int | None = None,
+        height: int | None = None,
+        threads: int = 0,
+        stats: SourceStats | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        max_fps: float | None = None,
+        max_decode_errors: int = 100,
+    ) -> None:
+        self.uri = uri
+        self.live = live
+        self.width = width
+        self.height = height
+        self.threads = threads
+        self.stats: SourceStats = stats if stats is not None else _NullStats()
+        self.should_stop = should_stop
+        self.max_decode_errors = max_decode_errors
+        self.fps: float | None = None
+        self._rate = _RateLimiter(max_fps)
+        self._index = 0
+        self._closed = False
+        self._containers: set[Any] = set()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({redact(self.uri)!r}, live={self.live})"
+
+    def _stopped(self) -> bool:
+        return self._closed or bool(self.should_stop())
+
+    def __iter__(self) -> Iterator[VideoFrame]:
+        frames = self._frames()
+        try:
+            for frame in frames:
+                if self._stopped():
+                    return
+                if not self._rate.keep(frame.pts):
+                    continue
+                frame.index = self._index
+                self._index += 1
+                yield frame
+        finally:
+            frames.close()
+            self._close_containers()
+
+    def _frames(self) -> Iterator[VideoFrame]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop iteration and release the decoder; safe to call twice."""
+        self._closed = True
+        self._close_containers()
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- shared PyAV plumbing
+    def _track(self, container: Any) -> Any:
+        self._containers.add(container)
+        return container
+
+    def _release(self, container: Any) -> None:
+        self._containers.discard(container)
+        try:
+            container.close()
+        except Exception:  # noqa: BLE001 - closing a broken container must not mask the real error
+            pass
+
+    def _close_containers(self) -> None:
+        for c in list(self._containers):
+            self._release(c)
+
+    def _setup_stream(self, container: Any) -> Any:
+        stream = container.streams.video[0]
+        if self.threads:
+            stream.codec_context.thread_count = self.threads
+        stream.thread_type = "AUTO"
+        if stream.average_rate:
+            self.fps = float(stream.average_rate)
+        return stream
+
+    def _to_rgb(self, frame: Any) -> np.ndarray:
+        size = _target_size(self.width, self.height, frame.width, frame.height)
+        if size is None:
+            img = frame.to_ndarray(format="rgb24")
+        else:
+            img = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+        return np.ascontiguousarray(img)
+
+    def _decode(
+        self, container: Any, stream: Any, errors: _ErrorCounter, name: str
+    ) -> Iterator[tuple[int, float | None, np.ndarray]]:
+        """Yield ``(frame number in this container, pts seconds, RGB image)``.
+
+        An undecodable packet is counted and skipped. For files, a container read error is
+        retried (FFmpeg resyncs) and the file is abandoned after ``max_decode_errors``
+        consecutive failures; for live sources either condition raises :class:`_StreamLost`.
+        """
+        frame_no = 0
+        packets = container.demux(stream)
+        demux_retries = 0
+        while True:
+            if self._stopped():
+                return
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except (av.FFmpegError, OSError) as exc:
+                if self.live:
+                    raise _StreamLost(f"read failed: {exc}") from exc
+                errors.error(exc)
+                demux_retries += 1
+                if errors.exhausted or demux_retries >= _MAX_DEMUX_RETRIES:
+                    return
+                packets = container.demux(stream)
+                continue
+            try:
+                frames = packet.decode()
+                if packet.is_corrupt:  # e.g. the partial last packet of a truncated file
+                    raise _CorruptPacket(frames)
+            except (av.FFmpegError, ValueError, _CorruptPacket) as exc:
+                # Frame-threaded decoders swallow errors on packets the demuxer flagged as
+                # corrupt; count those anyway, and keep whatever frames they still produced.
+                errors.error(exc)
+                if errors.exhausted:
+                    if self.live:
+                        raise _StreamLost(f"{errors.consecutive} consecutive undecodable packets") from exc
+                    return
+                frames = exc.frames if isinstance(exc, _CorruptPacket) else []
+            else:
+                errors.ok()
+            demux_retries = 0
+            for f in frames:
+                yield frame_no, f.time, self._to_rgb(f)
+                frame_no += 1
+
+
+def _probe_video(target: str, uri: str, open_kwargs: dict[str, Any]) -> tuple[float | None, bool]:
+    """Open ``target`` and decode its first frame; return (duration s, has frames) or raise."""
+    try:
+        container = av.open(target, **open_kwargs)
+    except (av.FFmpegError, OSError) as exc:
+        raise SourceError(
+            f"{redact(uri)}: FFmpeg cannot read this as a video ({exc}); check that it is a video file "
+            "(an .mp4 cut short loses its index and cannot be opened; re-encode or remux it)"
+        ) from None
+    try:
+        streams = list(container.streams)
+        if not container.streams.video:
+            kinds = ", ".join(s.type for s in streams) or "none"
+            raise SourceError(f"{redact(uri)}: has no video stream (streams found: {kinds})")
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name if stream.codec_context else ""
+        if container.format.name in _TEXT_FORMATS or codec in _TEXT_CODECS:
+            raise SourceError(f"{redact(uri)}: looks like a text file, not a video (FFmpeg reads it as {codec!r})")
+        duration = container.duration / 1e6 if container.duration else None
+        for i, packet in enumerate(container.demux(stream)):
+            try:
+                if packet.decode():
+                    return duration, True
+            except (av.FFmpegError, ValueError):
+                pass
+            if i >= _PROBE_PACKETS:
+                break
+        raise SourceError(
+            f"{redact(uri)}: no decodable video frame in the first {_PROBE_PACKETS} packets; "
+            "the file is corrupt or uses a codec this FFmpeg build lacks"
+        )
+    except (av.FFmpegError, OSError) as exc:
+        raise SourceError(f"{redact(uri)}: unreadable video ({exc})") from None
+    finally:
+        container.close()
+
+
+class FileSource(FrameSource):
+    """A finite video (a local file or a non-live HTTP URL): plays ``loop`` times (0 = forever),
+    counts undecodable packets, gives up after ``max_decode_errors`` consecutive ones, and logs a
+    summary of the damage at the end of each play."""
+
+    def __init__(
+        self,
+        uri: str,
+        target: str,
+        *,
+        loop: int = 1,
+        open_kwargs: dict[str, Any] | None = None,
+        labels: SidecarLabels | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(uri, **kw)
+        self.target = target
+        self.loop = loop
+        self.open_kwargs = open_kwargs or {}
+        self.labels = labels
+
+    def _frames(self) -> Iterator[VideoFrame]:
+        plays = 0
+        offset = 0.0
+        while (self.loop == 0 or plays < self.loop) and not self._stopped():
+            try:
+                container = self._track(av.open(self.target, **self.open_kwargs))
+            except (av.FFmpegError, OSError) as exc:
+                raise SourceError(f"{redact(self.uri)}: could not reopen for play {plays + 1}: {exc}") from None
+            errors = _ErrorCounter(self.stats, self.max_decode_errors)
+            first_pts = last_pts = None
+            n = 0
+            try:
+                stream = self._setup_stream(container)
+                if self.labels is not None and self.fps:
+                    self.labels.tolerance = 0.5 / self.fps
+                for frame_no, pts, img in self._decode(container, stream, errors, self.uri):
+                    label = item_id = None
+                    if self.labels is not None:
+                        label, item_id = self.labels.lookup(frame_no, pts)
+                    if pts is not None:
+                        if first_pts is None:
+                            first_pts = pts
+                        last_pts = pts
+                    n += 1
+                    yield VideoFrame(img, None if pts is None else pts + offset, -1, label, item_id)
+            finally:
+                self._release(container)
+            if errors.total:
+                log.warning(
+                    "%s: %d undecodable packet(s) skipped, %d frame(s) decoded%s; first error: %s",
+                    redact(self.uri), errors.total, n,
+                    f", gave up after {errors.consecutive} consecutive errors" if errors.exhausted else "",
+                    errors.first,
+                )
+            if n == 0:
+                if not self._stopped():
+                    log.warning("%s: no frame decoded in play %d, not looping further", redact(self.uri), plays + 1)
+                return
+            plays += 1
+            if first_pts is not None and last_pts is not None:
+                offset += last_pts - first_pts + (1.0 / self.fps if self.fps else 0.0)
+
+
+class StreamSource(FrameSource):
+    """A live source (RTSP, live HTTP, camera): reconnects with exponential backoff on failure or
+    end of stream, forever or up to ``max_reconnects`` consecutive failed attempts."""
+
+    def __init__(
+        self,
+        uri: str,
+        target: str,
+        *,
+        open_kwargs: dict[str, Any],
+        reconnect_initial_s: float = 0.5,
+        reconnect_max_s: float = 10.0,
+        max_reconnects: int = 0,
+        **kw: Any,
+    ) -> None:
+        super().__init__(uri, **kw)
+        self.target = target
+        self.open_kwargs = open_kwargs
+        self.reconnect_initial_s = reconnect_initial_s
+        self.reconnect_max_s = max(reconnect_max_s, reconnect_initial_s)
+        self.max_reconnects = max_reconnects
+        self.attempts = 0  # consecutive failed (re)connection attempts
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep in short slices; True if a stop was requested meanwhile."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self._stopped():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(_SLEEP_SLICE_S, left))
+
+    def _frames(self) -> Iterator[VideoFrame]:
+        delay = self.reconnect_initial_s
+        name = redact(self.uri)
+        while not self._stopped():
+            got = 0
+            try:
+                container = self._track(av.open(self.target, **self.open_kwargs))
+            except (av.FFmpegError, OSError) as exc:
+                reason = f"cannot connect ({exc})"
+            else:
+                self.stats.connected(True)
+                log.info("%s: connected", name)
+                errors = _ErrorCounter(self.stats, self.max_decode_errors)
+                reason = "stream ended"
+                try:
+                    if not container.streams.video:
+                        raise _StreamLost("the stream carries no video")
+                    stream = self._setup_stream(container)
+                    for _no, pts, img in self._decode(container, stream, errors, self.uri):
+                        if got == 0:
+                            self.attempts = 0
+                            delay = self.reconnect_initial_s
+                        got += 1
+                        yield VideoFrame(img, pts, -1)
+                except _StreamLost as exc:
+                    reason = str(exc)
+                finally:
+                    self._release(container)
+                    self.stats.connected(False)
+                if errors.total:
+                    log.warning("%s: %d undecodable packet(s) skipped on this connection", name, errors.total)
+            if self._stopped():
+                return
+            if not self.live:
+                if got == 0:
+                    raise SourceError(f"{name}: {reason}; (live: no, so no reconnect)")
+                log.info("%s: %s after %d frame(s); live is off, not reconnecting", name, reason, got)
+                return
+            self.attempts += 1
+            if self.max_reconnects and self.attempts > self.max_reconnects:
+                raise SourceError(
+                    f"{name}: {reason}; gave up after {self.max_reconnects} reconnect attempt(s) "
+                    "(raise sources[].max_reconnects, or 0 to retry forever)"
+                )
+            limit = f"/{self.max_reconnects}" if self.max_reconnects else ""
+            log.warning("%s: %s; reconnect attempt %d%s in %.2f s", name, reason, self.attempts, limit, delay)
+            self.stats.reconnect()
+            if self._sleep(delay):
+                return
+            delay = min(delay * 2.0, self.reconnect_max_s)
+
+
+# ----------------------------------------------------------------------------------- opening
+_CAMERA_RE = re.compile(r"^/dev/video\d+$")
+
+
+def _local_path(uri: str) -> Path:
+    if uri.startswith("file://"):
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise SourceError(f"{uri}: file:// URLs must name a local path (file:///abs/path)")
+        from urllib.parse import unquote
+
+        return Path(unquote(parts.path))
+    return Path(uri).expanduser()
+
+
+def open_source(
+    cfg: SourceConfig,
+    width: int | None,
+    height: int | None,
+    threads: int = 0,
+    stats: SourceStats | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_decode_errors: int = 100,
+) -> FrameSource:
+    """Open the video source ``cfg`` describes; raise :class:`SourceError` if it cannot be used.
+
+    Files and manifests are probed here (missing path, not a video, no decodable frame). Live
+    sources connect lazily during iteration and retry with backoff, so a camera or server that is
+    not up yet does not fail the stage.
+    """
+    uri = cfg.uri.strip()
+    if not uri:
+        raise SourceError("source uri is empty: set sources[].uri to a path, rtsp://, http(s)://, /dev/videoN or builtin:NAME")
+    common: dict[str, Any] = dict(
+        width=width, height=height, threads=threads, stats=stats, should_stop=should_stop,
+        max_fps=cfg.max_fps, max_decode_errors=max_decode_errors,
+    )
+    scheme = uri.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) else ""
+    timeout = float(cfg.timeout_s)
+    net_timeout_us = str(int(timeout * 1e6))
+    reconnect = dict(
+        reconnect_initial_s=cfg.reconnect_initial_s, reconnect_max_s=cfg.reconnect_max_s,
+        max_reconnects=cfg.max_reconnects,
+    )
+
+    if scheme == "builtin":
+        path = resolve_builtin(uri.split(":", 1)[1])
+        return _open_file(cfg, uri, path, common)
+    if scheme in ("rtsp", "rtsps"):
+        opts = {"rtsp_transport": cfg.rtsp_transport, "timeout": net_timeout_us}
+        return StreamSource(
+            uri, uri, live=cfg.live != "no",
+            open_kwargs={"options": opts, "timeout": (timeout, timeout)}, **reconnect, **common,
+        )
+    if scheme in ("http", "https"):
+        open_kwargs = {"options": {"timeout": net_timeout_us}, "timeout": (timeout, timeout)}
+        if cfg.live == "yes":
+            return StreamSource(uri, uri, live=True, open_kwargs=open_kwargs, **reconnect, **common)
+        duration, _ = _probe_video(uri, uri, open_kwargs)
+        if cfg.live == "auto" and duration is None:
+            log.info("%s: no duration advertised, treating it as a live stream", redact(uri))
+            return StreamSource(uri, uri, live=True, open_kwargs=open_kwargs, **reconnect, **common)
+        return FileSource(uri, uri, loop=cfg.loop, open_kwargs=open_kwargs, live=False, **common)
+    if scheme == "v4l2" or _CAMERA_RE.match(uri):
+        dev = urlsplit(uri).path if scheme == "v4l2" else uri
+        if not os.path.exists(dev):
+            raise SourceError(f"{uri}: camera device {dev} does not exist (is the camera plugged in? `ls /dev/video*`)")
+        return StreamSource(
+            uri, dev, live=cfg.live != "no",
+            open_kwargs={"format": "v4l2", "timeout": (timeout, timeout)}, **reconnect, **common,
+        )
+    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+        return _open_file(cfg, uri, _local_path(uri), common)
+    raise SourceError(
+        f"{uri}: unsupported source scheme {scheme!r}; use a file path, file://, rtsp://, rtsps://, "
+        "http(s)://, /dev/videoN, v4l2:///dev/videoN or builtin:NAME"
+    )
+
+
+def _open_file(cfg: SourceConfig, uri: str, path: Path, common: dict[str, Any]) -> FrameSource:
+    if not path.exists():
+        raise SourceError(f"{uri}: no such file ({path.resolve()}); check sources[].uri")
+    if path.is_dir():
+        raise SourceError(f"{uri}: is a directory; point sources[].uri at a video file or a .jsonl manifest")
+    live = cfg.live == "yes"
+    if path.suffix.lower() == ".jsonl":
+        from remembrall.io.manifest import ManifestSource
+
+        return ManifestSource(uri, path, loop=cfg.loop, live=live, **common)
+    from remembrall.io.manifest import load_sidecar
+
+    _probe_video(str(path), uri, {})
+    labels = load_sidecar(path, cfg.labels, common.get("stats"))
+    return FileSource(uri, str(path), loop=cfg.loop, labels=labels, live=live, **common)
