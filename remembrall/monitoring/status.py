@@ -14,11 +14,11 @@ the arguments are wrong.
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import json
 import os
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -47,29 +47,39 @@ class Scrape:
     restarts: dict[str, float] = field(default_factory=dict)
 
 
-def find_run_dir(explicit: str | None = None) -> Path:
-    """The run directory: ``explicit``, else ``$REMEMBRALL_RUN_DIR``, else ``/run/remembrall``
-    (the systemd unit's RuntimeDirectory), else the newest ``/tmp/remembrall-*`` with a status file."""
-    for candidate in (explicit, os.environ.get("REMEMBRALL_RUN_DIR")):
-        if candidate:
-            path = Path(candidate)
-            if not (path / "status.json").is_file():
-                raise StatusError(f"{path}: no status.json here (is a pipeline running with this run dir?)")
-            return path
-    if (Path(DEFAULT_RUN_DIR) / "status.json").is_file():
-        return Path(DEFAULT_RUN_DIR)
+def _newest_status_dir(base: Path) -> Path | None:
+    """``base`` itself when it holds a status.json, else its newest ``remembrall-*`` child that does
+    (the supervisor makes ``BASE/remembrall-XXXX`` for each run's sockets and status)."""
+    if (base / "status.json").is_file():
+        return base
     found = []
-    for d in glob.glob("/tmp/remembrall-*"):
+    for d in base.glob("remembrall-*"):
         try:
-            found.append((os.stat(os.path.join(d, "status.json")).st_mtime, d))
+            found.append((os.stat(d / "status.json").st_mtime, str(d)))
         except OSError:
             continue
-    if not found:
-        raise StatusError(
-            f"no running pipeline found: no status.json in $REMEMBRALL_RUN_DIR, {DEFAULT_RUN_DIR} "
-            "or /tmp/remembrall-*; pass --run-dir DIR or --metrics-url URL"
-        )
-    return Path(max(found)[1])
+    return Path(max(found)[1]) if found else None
+
+
+def find_run_dir(explicit: str | None = None) -> Path:
+    """The directory holding the run's status.json: ``explicit`` (a run dir, its parent or the run's
+    ``--out`` dir), else ``$REMEMBRALL_RUN_DIR``, else ``/run/remembrall`` (the systemd unit's
+    RuntimeDirectory), else the system temp dir; in each, the newest ``remembrall-*`` run wins."""
+    for candidate in (explicit, os.environ.get("REMEMBRALL_RUN_DIR")):
+        if candidate:
+            found = _newest_status_dir(Path(candidate))
+            if found is None:
+                raise StatusError(f"{candidate}: no status.json here or in remembrall-*/ below it "
+                                  "(is a pipeline running with this run dir?)")
+            return found
+    for base in (DEFAULT_RUN_DIR, tempfile.gettempdir()):
+        found = _newest_status_dir(Path(base))
+        if found is not None:
+            return found
+    raise StatusError(
+        f"no running pipeline found: no status.json under $REMEMBRALL_RUN_DIR, {DEFAULT_RUN_DIR} "
+        f"or {tempfile.gettempdir()}/remembrall-*; pass --run-dir DIR or --metrics-url URL"
+    )
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -165,8 +175,12 @@ def render(status: dict[str, Any] | None, run_dir: Path | None, url: str | None,
         started = status.get("started")
         up = f", up {_age(time.time() - started)}" if isinstance(started, (int, float)) and alive else ""
         state = "running" if alive else "NOT RUNNING (stale status file)"
-        print(f"pipeline  {state}: supervisor pid {pid}{up}, config {status.get('config', '?')}", file=out)
+        if alive and status.get("stopping"):
+            state = "stopping (draining)"
+        print(f"pipeline  {state}: supervisor pid {pid}{up}", file=out)
         print(f"run dir   {run_dir}", file=out)
+        if status.get("out_dir"):
+            print(f"out dir   {status['out_dir']}", file=out)
         if not alive:
             code = EXIT_DEGRADED
     print(f"metrics   {url or 'none'}" + (f"  ({error})" if error else ""), file=out)
