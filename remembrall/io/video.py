@@ -152,6 +152,13 @@ class _StreamLost(Exception):
     """A live stream stopped delivering (read error, timeout, too many bad packets)."""
 
 
+def _describe(exc: BaseException) -> str:
+    """A network error in words: PyAV reports its own timeout as "Immediate exit requested"."""
+    if isinstance(exc, av.ExitError):
+        return "timed out (no answer within sources[].timeout_s)"
+    return str(exc)
+
+
 def _target_size(width: int | None, height: int | None, src_w: int, src_h: int) -> tuple[int, int] | None:
     if width is None and height is None:
         return None
@@ -286,7 +293,7 @@ class FrameSource:
                 return
             except (av.FFmpegError, OSError) as exc:
                 if self.live:
-                    raise _StreamLost(f"read failed: {exc}") from exc
+                    raise _StreamLost(f"read failed: {_describe(exc)}") from exc
                 errors.error(exc)
                 demux_retries += 1
                 if errors.exhausted or demux_retries >= _MAX_DEMUX_RETRIES:
@@ -314,8 +321,8 @@ class FrameSource:
                 frame_no += 1
 
 
-def _probe_video(target: str, uri: str, open_kwargs: dict[str, Any]) -> tuple[float | None, bool]:
-    """Open ``target`` and decode its first frame; return (duration s, has frames) or raise."""
+def _probe_video(target: str, uri: str, open_kwargs: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Open ``target`` and decode its first frame; return (duration s, fps) or raise SourceError."""
     try:
         container = av.open(target, **open_kwargs)
     except (av.FFmpegError, OSError) as exc:
@@ -333,10 +340,11 @@ def _probe_video(target: str, uri: str, open_kwargs: dict[str, Any]) -> tuple[fl
         if container.format.name in _TEXT_FORMATS or codec in _TEXT_CODECS:
             raise SourceError(f"{redact(uri)}: looks like a text file, not a video (FFmpeg reads it as {codec!r})")
         duration = container.duration / 1e6 if container.duration else None
+        fps = float(stream.average_rate) if stream.average_rate else None
         for i, packet in enumerate(container.demux(stream)):
             try:
                 if packet.decode():
-                    return duration, True
+                    return duration, fps
             except (av.FFmpegError, ValueError):
                 pass
             if i >= _PROBE_PACKETS:
@@ -457,7 +465,7 @@ class StreamSource(FrameSource):
             try:
                 container = self._track(av.open(self.target, **self.open_kwargs))
             except (av.FFmpegError, OSError) as exc:
-                reason = f"cannot connect ({exc})"
+                reason = f"cannot connect ({_describe(exc)})"
             else:
                 self.stats.connected(True)
                 log.info("%s: connected", name)
@@ -559,11 +567,13 @@ def open_source(
         open_kwargs = {"options": {"timeout": net_timeout_us}, "timeout": (timeout, timeout)}
         if cfg.live == "yes":
             return StreamSource(uri, uri, live=True, open_kwargs=open_kwargs, **reconnect, **common)
-        duration, _ = _probe_video(uri, uri, open_kwargs)
+        duration, fps = _probe_video(uri, uri, open_kwargs)
         if cfg.live == "auto" and duration is None:
             log.info("%s: no duration advertised, treating it as a live stream", redact(uri))
             return StreamSource(uri, uri, live=True, open_kwargs=open_kwargs, **reconnect, **common)
-        return FileSource(uri, uri, loop=cfg.loop, open_kwargs=open_kwargs, live=False, **common)
+        src = FileSource(uri, uri, loop=cfg.loop, open_kwargs=open_kwargs, live=False, **common)
+        src.fps = fps
+        return src
     if scheme == "v4l2" or _CAMERA_RE.match(uri):
         dev = urlsplit(uri).path if scheme == "v4l2" else uri
         if not os.path.exists(dev):
@@ -592,6 +602,8 @@ def _open_file(cfg: SourceConfig, uri: str, path: Path, common: dict[str, Any]) 
         return ManifestSource(uri, path, loop=cfg.loop, live=live, **common)
     from remembrall.io.manifest import load_sidecar
 
-    _probe_video(str(path), uri, {})
+    _, fps = _probe_video(str(path), uri, {})
     labels = load_sidecar(path, cfg.labels, common.get("stats"))
-    return FileSource(uri, str(path), loop=cfg.loop, labels=labels, live=live, **common)
+    src = FileSource(uri, str(path), loop=cfg.loop, labels=labels, live=live, **common)
+    src.fps = fps
+    return src
