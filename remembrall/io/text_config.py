@@ -56,11 +56,14 @@ class TextConfig:
     max_pending_bytes: int = _f(64 << 20, min=1024)
     #: How many bad lines per source are logged with their position (all are counted).
     log_errors: int = _f(20, min=0)
-    #: Text encoder (all-MiniLM-L6-v2): truncation length in tokens, batch size, device.
+    #: What the text stage does when the next stage is full: ``auto`` drops (counted, reason
+    #: backpressure) for live sources and blocks for the others; ``block`` never drops (a
+    #: followed log then just falls behind: the file is its own buffer); ``drop`` always drops.
+    backpressure: Literal["auto", "block", "drop"] = "auto"
+    #: Text encoder (all-MiniLM-L6-v2): truncation length in tokens and encoder batch size. The
+    #: device and CPU threads are infer's (``infer.device``, ``infer.threads``).
     max_tokens: int = _f(128, min=8, max=512)
     batch_size: int = _f(64, min=1, max=4096)
-    device: str = "auto"
-    threads: int = _f(0, min=0, help="torch CPU threads for the encoder, 0 = torch's default")
 
 
 register_section("text", TextConfig)

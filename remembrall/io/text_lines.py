@@ -117,6 +117,15 @@ class LineSplitter:
         self._dropped = 0
 
 
+#: A line that is not UTF-8 and whose bytes are mostly undecodable is binary, not mis-encoded text
+#: (Latin-1 prose has a few bad bytes per line; random or compressed data has about half).
+INVALID_SHARE_BINARY = 0.25
+
+
+def _invalid_share(raw: bytes) -> float:
+    return raw.decode("utf-8", "replace").count("\ufffd") / max(1, len(raw))
+
+
 def _control_share(raw: bytes) -> float:
     return len(raw.translate(None, _NOT_CONTROL)) / max(1, len(raw))
 
@@ -147,8 +156,9 @@ def parse_line(raw: bytes, overflow: bool, cfg: TextConfig, *, allow_eos: bool =
     except UnicodeDecodeError as exc:
         if overflow and exc.start >= len(raw) - 3 and exc.reason == "unexpected end of data":
             text = raw[:exc.start].decode("utf-8", "replace")  # the cut fell inside a character
-        elif _control_share(raw) > cfg.binary_threshold:
-            return LineError("binary", f"{_control_share(raw):.0%} control bytes and invalid UTF-8")
+        elif _control_share(raw) > cfg.binary_threshold or (len(raw) >= 8 and _invalid_share(raw) > INVALID_SHARE_BINARY):
+            return LineError("binary", f"{_control_share(raw):.0%} control bytes, "
+                                       f"{_invalid_share(raw):.0%} invalid UTF-8")
         elif cfg.invalid_utf8 == "replace":
             text, replaced = raw.decode("utf-8", "replace"), True
         else:

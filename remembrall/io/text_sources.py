@@ -6,8 +6,9 @@ it yields :class:`TextItem` s. Which reader is used follows from ``cfg.uri``:
 ==============================  =====================================================  ==========
 uri                             what it reads                                          ends
 ==============================  =====================================================  ==========
-``PATH`` (a file)               the file once, ``live: yes``: followed like            at EOF /
-                                ``tail -F`` (appends, rename rotation, truncation)     never
+``PATH`` (a file)               the file once, ``live: yes`` (or ``follow://PATH``):   at EOF /
+                                followed like ``tail -F`` (appends, rename rotation,   never
+                                truncation; resumes at its saved offset on restart)
 ``PATH`` (a directory)          every file (``text.dir_glob``, in ``text.dir_order``)  after the
                                 once; ``live: yes``: then new files as they appear     snapshot /
                                                                                        never
@@ -20,8 +21,9 @@ uri                             what it reads                                   
                                                                                        true}``
 ==============================  =====================================================  ==========
 
-Follow vs read once: ``live: yes`` on a file or directory follows it; ``auto``/``no`` reads it
-once and ends with end-of-stream, so a file run is finite and reproducible. Network sources
+Follow vs read once: ``live: yes`` on a file or directory (or a ``follow://PATH`` URI) follows
+it; ``auto``/``no`` reads it once and ends with end-of-stream, so a file run is finite and
+reproducible. Network sources
 are live unless ``live: no``. ``TextSource.live`` tells the stage whether to drop on
 backpressure (live) or block (finite); ``text.backpressure`` overrides that in the stage.
 
@@ -70,6 +72,7 @@ class TextItem:
     ``id`` is the input's ``id`` field, or its position when it has none; ``index`` counts
     items from 0 per source (the stream's ``seq``); ``position`` says where it came from
     (``path:line``, ``stdin:line``, ``zmq+pull:…#msg:line``, ``http+listen:…#req:line``).
+    ``ts`` is the input's ``ts`` field when it has one, else ``ingest_ts`` (when it was read).
     """
 
     text: str
@@ -78,6 +81,7 @@ class TextItem:
     ts: float
     index: int
     position: str
+    ingest_ts: float = 0.0
 
 
 def _never() -> bool:
@@ -134,9 +138,9 @@ class TextSource:
         return parsed
 
     def _item(self, rec: Record, position: str, ts: float | None = None) -> TextItem:
+        ingest = ts if ts is not None else time.time()
         item = TextItem(rec.text, rec.id if rec.id is not None else position, rec.label,
-                        rec.ts if rec.ts is not None else (ts if ts is not None else time.time()),
-                        self._index, position)
+                        rec.ts if rec.ts is not None else ingest, self._index, position, ingest)
         self._index += 1
         with self.stats._lock:
             self.stats.items += 1
@@ -753,14 +757,17 @@ def open_text_source(cfg: SourceConfig, text_cfg: TextConfig, stats: TextStats,
         return ZmqSource(uri, text_cfg, stats, should_stop, live=_live(cfg, True), allow_remote=allow_remote)
     if uri.startswith("http+listen://"):
         return HttpSource(uri, text_cfg, stats, should_stop, live=_live(cfg, True), allow_remote=allow_remote)
-    if "://" in uri and not uri.startswith("file://"):
+    if "://" in uri and not uri.startswith(("file://", "follow://")):
         raise TextSourceError(
             f"text source {uri!r}: unsupported scheme; use a path, '-', zmq+pull:tcp://HOST:PORT, "
             "zmq+sub:tcp://HOST:PORT or http+listen://127.0.0.1:PORT/PATH"
         )
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
-    path = os.path.expanduser(path)
     follow = cfg.live == "yes"
+    if uri.startswith("follow://"):
+        path, follow = uri[len("follow://"):], True
+    else:
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = os.path.expanduser(path)
     if os.path.isdir(path):
         return DirectorySource(path, text_cfg, stats, should_stop, live=follow)
     state_path = None

@@ -1,0 +1,98 @@
+"""The text source stage: one process per text stream, each record out as a ``tokens`` message.
+
+Text enters the same graph as frames at "decode": this stage reads and validates lines (see
+:mod:`remembrall.io.text_sources`) and hands each record to infer, which embeds it with MiniLM
+instead of running the vision backbone. Bad lines are counted into
+``remembrall_frames_dropped_total{reason=invalid_utf8|malformed_json|bad_record|oversized|binary}``
+with their position in the log. Finite sources block on backpressure (nothing lost, and a
+restarted file run resumes after the last record it handed on); live ones drop the newest
+record (``reason="backpressure"``) unless ``text.backpressure`` says otherwise. A followed file
+keeps its own byte offset in the run directory, so a restart resumes mid-file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from remembrall.io.text_config import TextConfig
+from remembrall.io.text_lines import TextStats
+from remembrall.io.text_sources import DirectorySource, FileSource, TextSourceError, open_text_source
+from remembrall.monitoring import metrics as m
+from remembrall.pipeline.messages import Message
+from remembrall.stages.source import EXIT_BAD_SOURCE, SourceStage
+
+log = logging.getLogger(__name__)
+
+
+class TextDecodeStage(SourceStage):
+    type = "text_decode"
+
+    def run(self) -> int:
+        src = self.source_config()
+        tcfg: TextConfig = self.cfg.extra.get("text") or TextConfig()
+        self.socket("out")
+        stream = self.stream
+        stats = TextStats(tcfg.log_errors, on_drop=lambda reason: m.DROPPED.labels(self.name, stream, reason).inc())
+        connected = m.SOURCE_CONNECTED.labels(self.name, stream)
+        try:
+            source = open_text_source(
+                src, tcfg, stats, lambda: self.stopping, allow_remote=self.cfg.transport.allow_remote,
+                state_dir=os.path.join(self.spec.run_dir, "text-state") if self.spec.run_dir else None,
+            )
+        except TextSourceError as exc:
+            log.error("%s: cannot read text source %s: %s", self.name, src.uri, exc)
+            self.send_eos(error=str(exc))
+            return EXIT_BAD_SOURCE
+        live = source.live if tcfg.backpressure == "auto" else tcfg.backpressure == "drop"
+        # A finite file or directory snapshot reads the same records again after a crash: skip
+        # those already handed on. A followed file resumes by its own byte offset; stdin and
+        # sockets cannot be re-read.
+        resumable = isinstance(source, (FileSource, DirectorySource)) and not source.follows
+        skip_to = self.resume_after() if resumable else -1
+        if skip_to >= 0:
+            log.info("%s: restarted; resuming after record %d", self.name, skip_to)
+        latency = m.LATENCY.labels(self.name, stream)
+        connected.set(1)
+        log.info("%s: reading %s (%s, %s on backpressure)", self.name, src.uri,
+                 "follow" if source.follows else "until end of input", "drop" if live else "block")
+        last_saved, last_index, sent = time.monotonic(), skip_to, 0
+        error = None
+        try:
+            t0 = time.perf_counter()
+            for item in source:
+                if self.stopping:
+                    break
+                if item.index <= skip_to:
+                    t0 = time.perf_counter()
+                    continue
+                fields: dict[str, object] = {"text": item.text, "id": item.id, "position": item.position}
+                if item.label is not None:
+                    fields["label"] = item.label
+                if item.ts != item.ingest_ts:
+                    fields["event_ts"] = item.ts
+                msg = Message("tokens", stream=stream, seq=item.index, ts=item.ingest_ts, fields=fields)
+                latency.observe(time.perf_counter() - t0)
+                if self.emit(msg, live):
+                    sent += 1
+                last_index = item.index
+                now = time.monotonic()
+                if resumable and now - last_saved >= 1.0:
+                    self.save_progress(last_index)
+                    last_saved = now
+                t0 = time.perf_counter()
+        except (TextSourceError, OSError) as exc:
+            log.error("%s: text source %s failed: %s", self.name, src.uri, exc)
+            error = str(exc)
+        finally:
+            source.close()
+            connected.set(0)
+        if resumable:
+            self.save_progress(last_index)
+        summary = stats.as_dict()
+        log.info("%s: end of stream %s: %d records sent, %d lines read, %d blank, %d truncated, dropped %s",
+                 self.name, stream, sent, summary["lines"], summary["empty"], summary["truncated"],
+                 summary["dropped"] or "none")
+        self.send_eos(error)
+        return EXIT_BAD_SOURCE if error else 0
