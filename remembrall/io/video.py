@@ -203,6 +203,7 @@ class FrameSource:
         self._index = 0
         self._closed = False
         self._containers: set[Any] = set()
+        self._iterators: list[Iterator[VideoFrame]] = []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self.uri)!r}, live={self.live})"
@@ -211,6 +212,11 @@ class FrameSource:
         return self._closed or bool(self.should_stop())
 
     def __iter__(self) -> Iterator[VideoFrame]:
+        it = self._iterate()
+        self._iterators.append(it)
+        return it
+
+    def _iterate(self) -> Iterator[VideoFrame]:
         frames = self._frames()
         try:
             for frame in frames:
@@ -229,9 +235,19 @@ class FrameSource:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Stop iteration and release the decoder; safe to call twice."""
+        """Stop iteration and release the decoder; safe to call twice. Called from another
+        thread while a frame is being decoded, it only flags the stop; the reading thread then
+        releases the decoder before its next frame (freeing it under its feet would crash)."""
         self._closed = True
-        self._close_containers()
+        busy = False
+        for it in self._iterators:
+            try:
+                it.close()  # type: ignore[attr-defined]
+            except ValueError:  # "generator already executing" in another thread
+                busy = True
+        if not busy:
+            self._iterators.clear()
+            self._close_containers()
 
     def __enter__(self) -> FrameSource:
         return self
@@ -321,14 +337,25 @@ class FrameSource:
                 frame_no += 1
 
 
-def _probe_video(target: str, uri: str, open_kwargs: dict[str, Any]) -> tuple[float | None, float | None]:
+_FILE_HINT = (
+    "check that it is a video file (an .mp4 cut short loses its index and cannot be opened; "
+    "re-encode or remux it)"
+)
+_URL_HINT = (
+    "check the URL and that the server is up; set sources[].live: yes to keep retrying a server "
+    "that is not up yet"
+)
+
+
+def _probe_video(
+    target: str, uri: str, open_kwargs: dict[str, Any], hint: str = _FILE_HINT
+) -> tuple[float | None, float | None]:
     """Open ``target`` and decode its first frame; return (duration s, fps) or raise SourceError."""
     try:
         container = av.open(target, **open_kwargs)
     except (av.FFmpegError, OSError) as exc:
         raise SourceError(
-            f"{redact(uri)}: FFmpeg cannot read this as a video ({exc}); check that it is a video file "
-            "(an .mp4 cut short loses its index and cannot be opened; re-encode or remux it)"
+            f"{redact(uri)}: cannot open as a video ({_describe(exc)}); {hint}"
         ) from None
     try:
         streams = list(container.streams)
@@ -567,7 +594,7 @@ def open_source(
         open_kwargs = {"options": {"timeout": net_timeout_us}, "timeout": (timeout, timeout)}
         if cfg.live == "yes":
             return StreamSource(uri, uri, live=True, open_kwargs=open_kwargs, **reconnect, **common)
-        duration, fps = _probe_video(uri, uri, open_kwargs)
+        duration, fps = _probe_video(uri, uri, open_kwargs, _URL_HINT)
         if cfg.live == "auto" and duration is None:
             log.info("%s: no duration advertised, treating it as a live stream", redact(uri))
             return StreamSource(uri, uri, live=True, open_kwargs=open_kwargs, **reconnect, **common)
