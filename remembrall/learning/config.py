@@ -36,8 +36,9 @@ class LabelConfig:
     labeler: Literal["oracle", "teacher", "external"] = "oracle"
     #: Accepted class names; empty = open vocabulary (new classes grow the head).
     classes: list[str] = field(default_factory=list)
-    teacher_model: Literal["efficientnet-lite0", "efficientnet-lite2"] = "efficientnet-lite0"
-    teacher_image_size: int = _f(320, min=32, max=1024)
+    #: auto = EfficientNet-Lite2 when its weights package is installed, else Lite0 at 320 px.
+    teacher_model: Literal["auto", "efficientnet-lite0", "efficientnet-lite2"] = "auto"
+    teacher_image_size: int = _f(0, min=0, max=1024, help="0 = the model's default (Lite0 320, Lite2 260)")
     teacher_tta: bool = True
     teacher_min_confidence: float = _f(0.3, min=0.0, max=1.0)
     #: Optional user-class -> list of ImageNet class names; empty = user classes are ImageNet names.
