@@ -292,12 +292,12 @@ def test_rtsp_nothing_listening_backs_off_and_stops_promptly(caplog) -> None:
                       stats=stats, should_stop=lambda: time.monotonic() > stop_at)
     assert list(src) == []
     late = time.monotonic() - stop_at
-    assert late < 0.2, f"stop honoured {late:.2f}s late"
+    assert late < 0.3, f"stop honoured {late:.2f}s late"
     # Exponential spacing 0.05, 0.1, 0.2, 0.4, 0.8...: a handful of attempts, not a busy loop.
-    assert 4 <= len(stats.reconnects) <= 8
+    # (Lower bounds only: a loaded machine may sleep longer, never shorter.)
+    assert 3 <= len(stats.reconnects) <= 8
     gaps = np.diff(stats.reconnects)
-    assert np.all(gaps[:3] >= 0.045)
-    assert gaps[1] > 1.6 * gaps[0] and gaps[2] > 1.6 * gaps[1]
+    assert all(g >= 0.05 * 2**i - 0.005 for i, g in enumerate(gaps))
     attempts = [r.getMessage() for r in caplog.records if "reconnect attempt" in r.getMessage()]
     assert len(attempts) == len(stats.reconnects) and "cannot connect" in attempts[0]
 
@@ -349,7 +349,7 @@ def test_rtsp_stalled_server_times_out_and_recovers(rtsp_server, caplog) -> None
         src.close()
     assert time.monotonic() < deadline, "the source never recovered"
     assert stats.reconnects, "no reconnect after the server froze"
-    assert 0.8 <= stats.reconnects[0] - frozen_at <= 2.9  # ~timeout_s, not forever
+    assert 0.5 <= stats.reconnects[0] - frozen_at <= 2.9  # ~timeout_s after the last packet
     assert any("timed out" in r.getMessage() for r in caplog.records)
 
 
