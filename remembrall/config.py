@@ -68,7 +68,8 @@ class InferConfig:
     image_size: int = _f(224, min=32, max=1024)
     threads: int = _f(0, min=0, help="torch CPU threads, 0 = all cores")
     topk: int = _f(5, min=1, max=100)
-    head: str = "imagenet"
+    head: str = _f("imagenet", help="vision base head: 'imagenet', a head checkpoint path, or 'none' (cold start)")
+    text_head: str = _f("none", help="text base head: a head checkpoint path, or 'none' (cold start)")
     queue: int = _f(64, min=1)
 
 
@@ -111,6 +112,9 @@ class Config:
     metrics: MetricsConfig = _lf(MetricsConfig)
     transport: TransportConfig = _lf(TransportConfig)
     supervisor: SupervisorConfig = _lf(SupervisorConfig)
+    #: Run the learning loop (select → label → buffer → retrain → hot-swap), sections in
+    #: remembrall/learning/config.py.
+    learn: bool = False
     run_dir: str | None = None
     out: str = "out"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

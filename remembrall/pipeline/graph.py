@@ -1,0 +1,109 @@
+"""Build the stage graph (which processes, which sockets between them) from a validated config.
+
+Data edges are PUSH/PULL: the receiving stage binds a stable ``ipc://`` address in the run
+directory and its producers connect, so a restarted stage finds its peers again and fan-in
+(several sources into one infer) needs no broker. Control edges (model announcements, infer
+load reports) are PUB/SUB on their own sockets, so control never queues behind data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from remembrall.config import Config, ConfigError, SourceConfig, config_to_dict
+from remembrall.pipeline.runtime import StageSpec
+
+#: Longest ipc:// path the kernel accepts (sun_path is 108 bytes with the terminating NUL).
+MAX_IPC_PATH = 107
+
+_TEXT_SCHEMES = ("zmq+", "http+listen://", "follow://")
+_TEXT_SUFFIXES = (".txt", ".log", ".text", ".ndjson")
+
+
+def detect_modality(src: SourceConfig) -> str:
+    """``video`` or ``text`` for a source, from its config or by looking at the URI/file."""
+    if src.modality != "auto":
+        return src.modality
+    uri = src.uri
+    if uri == "-" or uri.startswith(_TEXT_SCHEMES):
+        return "text"
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    if path.suffix.lower() in _TEXT_SUFFIXES:
+        return "text"
+    if path.is_dir():
+        return "text"
+    if path.suffix.lower() == ".jsonl" and path.is_file():
+        # a manifest names images; a text stream carries "text"
+        with path.open("rb") as fh:
+            for raw in fh:
+                raw = raw.strip()
+                if not raw:
+                    continue
+                try:
+                    first = json.loads(raw[:1 << 20])
+                except ValueError:
+                    return "text"
+                return "video" if isinstance(first, dict) and "image" in first else "text"
+        return "text"
+    return "video"
+
+
+def _ipc(run_dir: Path, name: str) -> str:
+    path = run_dir / "sockets" / name
+    if len(str(path)) > MAX_IPC_PATH:
+        raise ConfigError(
+            f"run_dir {run_dir} is too long for ipc socket paths ({len(str(path))} > {MAX_IPC_PATH} bytes); "
+            "choose a shorter run_dir"
+        )
+    return f"ipc://{path}"
+
+
+def build_graph(cfg: Config, run_dir: Path, out_dir: Path) -> list[StageSpec]:
+    """Return the stage specs of the whole pipeline, sources last (they start last)."""
+    plain = config_to_dict(cfg)
+    modalities = {src.id: ("text" if detect_modality(src) == "text" else "vision") for src in cfg.sources}
+    streams = [src.id for src in cfg.sources]
+    infer_in = _ipc(run_dir, "infer.in")
+    sink_in = _ipc(run_dir, "sink.in")
+
+    def spec(name: str, type_: str, **kw: object) -> StageSpec:
+        return StageSpec(name=name, type=type_, config=plain, run_dir=str(run_dir), out_dir=str(out_dir),
+                         **kw)  # type: ignore[arg-type]
+
+    infer_outputs = {"predictions": f"push+connect:{sink_in}"}
+    infer_inputs = {"in": f"pull+bind:{infer_in}"}
+    specs: list[StageSpec] = [spec("sink", "sink", inputs={"in": f"pull+bind:{sink_in}"}, streams=streams)]
+    if cfg.sink.pub:
+        specs[0].outputs["pub"] = cfg.sink.pub
+    if cfg.learn:
+        select_in, label_in = _ipc(run_dir, "select.in"), _ipc(run_dir, "label.in")
+        buffer_in, retrain_in = _ipc(run_dir, "buffer.in"), _ipc(run_dir, "retrain.in")
+        model_ready, infer_load = _ipc(run_dir, "model_ready"), _ipc(run_dir, "infer.load")
+        infer_outputs["samples"] = f"push+connect:{select_in}"
+        infer_outputs["load"] = f"pub+bind:{infer_load}"
+        infer_inputs["model_ready"] = f"sub+connect:{model_ready}"
+        specs += [
+            spec("retrain", "retrain", streams=streams,
+                 inputs={"labelled": f"pull+bind:{retrain_in}", "infer_load": f"sub+connect:{infer_load}",
+                         "control": f"pull+bind:{_ipc(run_dir, 'retrain.control')}"},
+                 outputs={"model_ready": f"pub+bind:{model_ready}"}),
+            spec("buffer", "buffer", streams=streams, inputs={"labelled": f"pull+bind:{buffer_in}"},
+                 outputs={"labelled": f"push+connect:{retrain_in}"}),
+            spec("label", "label", streams=streams, inputs={"selected": f"pull+bind:{label_in}"},
+                 outputs={"labelled": f"push+connect:{buffer_in}"}),
+            spec("select", "select", streams=streams, inputs={"samples": f"pull+bind:{select_in}"},
+                 outputs={"selected": f"push+connect:{label_in}"}),
+        ]
+    specs.append(spec("infer", "infer", inputs=infer_inputs, outputs=infer_outputs, streams=streams,
+                      params={"modalities": sorted(set(modalities.values()))}))
+    for src in cfg.sources:
+        type_ = "text_decode" if modalities[src.id] == "text" else "decode"
+        specs.append(spec(f"{'text' if type_ == 'text_decode' else 'decode'}-{src.id}", type_,
+                          outputs={"out": f"push+connect:{infer_in}"}, streams=[src.id]))
+    return specs
+
+
+def source_stage_names(specs: list[StageSpec]) -> dict[str, str]:
+    """stage name -> stream, for the stages that produce a stream."""
+    return {s.name: s.streams[0] for s in specs if s.type in ("decode", "text_decode")}

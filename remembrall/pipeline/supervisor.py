@@ -1,0 +1,350 @@
+"""The supervisor behind ``remembrall run``: start every stage process, keep them alive, drain.
+
+- Stages start downstream-first (sink … infer), sources last, so no frame waits on a peer.
+- A stage that crashes is restarted with exponential backoff; one that keeps crashing
+  (``supervisor.max_restarts``) fails the run. A source whose input is unusable (exit 3) is not
+  restarted: restarting cannot fix a missing file.
+- Stopping (SIGINT/SIGTERM, ``--duration``, end of a file) always goes through the sources: they
+  send end-of-stream and every stage drains what it holds, so nothing already ingested is lost.
+  A second signal stops the stages at once; a third kills them.
+- Children get SIGTERM if the supervisor itself dies (PR_SET_PDEATHSIG), so no orphans.
+- ``RUN_DIR/status.json`` (atomic, every second) is what ``remembrall status`` reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from remembrall.config import Config
+from remembrall.models.heads import atomic_write_bytes
+from remembrall.pipeline.graph import build_graph, source_stage_names
+from remembrall.pipeline.runtime import StageSpec
+from remembrall.stages.source import EXIT_BAD_SOURCE
+
+log = logging.getLogger(__name__)
+
+#: A stage that ran this long before crashing starts its backoff from the beginning again.
+STABLE_AFTER_S = 30.0
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setpgrp()  # the terminal's Ctrl-C reaches the supervisor only; it stops stages in order
+
+
+@dataclass
+class StageProcess:
+    spec: StageSpec
+    spec_path: Path
+    proc: subprocess.Popen | None = None
+    state: str = "pending"  # pending | running | restarting | finished | failed
+    restarts: int = 0
+    consecutive_failures: int = 0
+    started_at: float = 0.0
+    restart_at: float = 0.0
+    last_rc: int | None = None
+    pids: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs one pipeline until it ends (files), is stopped, or fails."""
+
+    def __init__(self, cfg: Config, out_dir: Path, sock_dir: Path, *, duration: float | None = None,
+                 metrics_port: int | None = None) -> None:
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.sock_dir = sock_dir
+        self.duration = duration
+        self.metrics_port = cfg.metrics.port if metrics_port is None else metrics_port
+        self.multiproc_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        self.stages: dict[str, StageProcess] = {}
+        self.source_names: dict[str, str] = {}
+        self.signals = 0
+        self.stopping_sources = False
+        self.drain_started: float | None = None
+        self.failed_reason: str | None = None
+        self.bad_sources: dict[str, str] = {}
+        self.server = None
+        self._frames_seen: dict[str, tuple[float, float]] = {}
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ setup
+    def _write_specs(self) -> None:
+        specs = build_graph(self.cfg, self.sock_dir, self.out_dir)
+        spec_dir = self.sock_dir / "specs"
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        for spec in specs:
+            spec.run_dir = str(self.out_dir)
+            path = spec_dir / f"{spec.name}.json"
+            path.write_text(spec.to_json(), encoding="utf-8")
+            self.stages[spec.name] = StageProcess(spec, path)
+        self.source_names = source_stage_names(specs)
+
+    def _start_metrics(self) -> None:
+        if not self.cfg.metrics.enabled:
+            return
+        from remembrall.monitoring.server import MetricsServer
+
+        self.server = MetricsServer(str(self.multiproc_dir), self.cfg.metrics.host, self.metrics_port,
+                                    healthz=self.healthz, readyz=self.readyz).start()
+        log.info("metrics on %s/metrics (health: /healthz, /readyz)", self.server.url)
+
+    # ------------------------------------------------------------------ processes
+    def _spawn(self, sp: StageProcess) -> None:
+        from remembrall.monitoring import metrics as m
+
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        sp.proc = subprocess.Popen(
+            [sys.executable, "-m", "remembrall.pipeline.worker", str(sp.spec_path)],
+            env=env, preexec_fn=_die_with_parent,
+        )
+        sp.pids.append(sp.proc.pid)
+        sp.state = "running"
+        sp.started_at = time.monotonic()
+        m.STAGE_UP.labels(sp.spec.name).set(1)
+        log.info("started stage %s (pid %d)", sp.spec.name, sp.proc.pid)
+
+    def _finished_streams(self) -> list[str]:
+        return sorted(stream for name, stream in self.source_names.items()
+                      if self.stages[name].state in ("finished", "failed"))
+
+    def _on_exit(self, sp: StageProcess, rc: int) -> None:
+        from prometheus_client import multiprocess
+
+        from remembrall.monitoring import metrics as m
+
+        multiprocess.mark_process_dead(sp.proc.pid, str(self.multiproc_dir))
+        sp.last_rc = rc
+        m.STAGE_UP.labels(sp.spec.name).set(0)
+        name = sp.spec.name
+        if rc == 0:
+            sp.state = "finished"
+            log.info("stage %s finished", name)
+            return
+        if rc == EXIT_BAD_SOURCE and name in self.source_names:
+            sp.state = "failed"
+            self.bad_sources[name] = f"source {self.source_names[name]!r} ({sp.spec.type}) could not be read"
+            log.error("stage %s: its source cannot be read; not restarting it (see the error above)", name)
+            return
+        if self.signals >= 2 or self.failed_reason:
+            sp.state = "failed"
+            return
+        if name in self.source_names and self.stopping_sources:
+            sp.state = "finished"
+            return
+        if time.monotonic() - sp.started_at > STABLE_AFTER_S:
+            sp.consecutive_failures = 0
+        sp.consecutive_failures += 1
+        if sp.restarts >= self.cfg.supervisor.max_restarts:
+            sp.state = "failed"
+            self.failed_reason = f"stage {name} crashed {sp.restarts + 1} times (last exit status {rc})"
+            log.error("%s; giving up", self.failed_reason)
+            return
+        sc = self.cfg.supervisor
+        delay = min(sc.restart_backoff_max_s, sc.restart_backoff_s * 2 ** (sp.consecutive_failures - 1))
+        sp.state = "restarting"
+        sp.restart_at = time.monotonic() + delay
+        how = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
+        log.warning("stage %s died (%s); restarting in %.1f s", name, how, delay)
+
+    def _restart(self, sp: StageProcess) -> None:
+        from remembrall.monitoring import metrics as m
+
+        sp.spec.finished_streams = self._finished_streams()
+        sp.spec_path.write_text(sp.spec.to_json(), encoding="utf-8")
+        sp.restarts += 1
+        m.STAGE_RESTARTS.labels(sp.spec.name).inc()
+        self._spawn(sp)
+
+    def _signal_stages(self, names: list[str], sig: int) -> None:
+        for name in names:
+            sp = self.stages[name]
+            if sp.proc is not None and sp.proc.poll() is None:
+                try:
+                    sp.proc.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    def stop_sources(self, why: str) -> None:
+        if self.stopping_sources:
+            return
+        log.info("stopping sources (%s); draining the pipeline", why)
+        self.stopping_sources = True
+        for name in self.source_names:
+            sp = self.stages[name]
+            if sp.state in ("pending", "restarting"):
+                sp.state = "finished"
+        self._signal_stages(list(self.source_names), signal.SIGTERM)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            log.warning("%s: stopping gracefully (again to stop at once)", signal.Signals(signum).name)
+        elif self.signals == 2:
+            log.warning("second signal: stopping every stage now")
+        else:
+            log.warning("third signal: killing every stage")
+
+    # ------------------------------------------------------------------ probes & status
+    def healthz(self) -> tuple[bool, dict]:
+        stages = {n: sp.state for n, sp in self.stages.items()}
+        ok = all(s in ("running", "finished", "pending") for s in stages.values())
+        return ok, {"stages": stages}
+
+    def readyz(self) -> tuple[bool, dict]:
+        """Ready when every source delivered an item in the last 10 s (or finished its file)."""
+        now = time.monotonic()
+        detail = {}
+        ok = True
+        for name, stream in self.source_names.items():
+            seen = self._frames_seen.get(name)
+            delivering = seen is not None and now - seen[1] < 10.0
+            done = self.stages[name].state == "finished"
+            detail[stream] = "delivering" if delivering else ("finished" if done else "waiting")
+            ok = ok and (delivering or done)
+        return ok, {"sources": detail}
+
+    def _sample_source_progress(self) -> None:
+        if self.server is None:
+            return
+        totals: dict[str, float] = {}
+        try:
+            for family in self.server.registry.collect():
+                if family.name != "remembrall_frames":
+                    continue
+                for s in family.samples:
+                    if s.name == "remembrall_frames_total" and s.labels.get("stage") in self.source_names:
+                        totals[s.labels["stage"]] = totals.get(s.labels["stage"], 0.0) + s.value
+        except Exception as exc:  # a metrics file being written concurrently
+            log.debug("could not read source progress: %s", exc)
+            return
+        now = time.monotonic()
+        for name, total in totals.items():
+            prev = self._frames_seen.get(name)
+            if prev is None or total > prev[0]:
+                self._frames_seen[name] = (total, now)
+
+    def _write_status(self) -> None:
+        status = {
+            "pid": os.getpid(),
+            "started": self.started,
+            "updated": time.time(),
+            "metrics_url": self.server.url if self.server else None,
+            "out_dir": str(self.out_dir),
+            "sock_dir": str(self.sock_dir),
+            "stopping": self.stopping_sources,
+            "stages": {
+                n: {"pid": sp.proc.pid if sp.proc else None, "state": sp.state, "restarts": sp.restarts,
+                    "type": sp.spec.type, "streams": sp.spec.streams, "last_exit": sp.last_rc}
+                for n, sp in self.stages.items()
+            },
+        }
+        data = json.dumps(status, indent=1).encode()
+        for directory in (self.out_dir, self.sock_dir):
+            try:
+                atomic_write_bytes(directory / "status.json", data)
+            except OSError as exc:
+                log.debug("cannot write status into %s: %s", directory, exc)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> int:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._write_specs()
+        self._start_metrics()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        handled_signals = 0
+        try:
+            for sp in self.stages.values():  # graph order: downstream first, sources last
+                self._spawn(sp)
+            t_start = time.monotonic()
+            last_status = 0.0
+            while True:
+                now = time.monotonic()
+                for sp in self.stages.values():
+                    if sp.state == "running" and sp.proc is not None:
+                        rc = sp.proc.poll()
+                        if rc is not None:
+                            self._on_exit(sp, rc)
+                    elif sp.state == "restarting" and now >= sp.restart_at and not self.failed_reason:
+                        self._restart(sp)
+                if self.signals > handled_signals:
+                    handled_signals = self.signals
+                    live = [n for n, sp in self.stages.items() if sp.state in ("running", "restarting")]
+                    if self.signals == 1:
+                        self.stop_sources("signal")
+                    else:
+                        self._signal_stages(live, signal.SIGTERM if self.signals == 2 else signal.SIGKILL)
+                        for n in live:
+                            if self.stages[n].state == "restarting":
+                                self.stages[n].state = "failed"
+                if self.duration is not None and now - t_start >= self.duration:
+                    self.stop_sources(f"--duration {self.duration:g} s reached")
+                if self.failed_reason:
+                    self.stop_sources("a stage failed")
+                if all(self.stages[n].state in ("finished", "failed") for n in self.source_names):
+                    if self.drain_started is None:
+                        self.drain_started = now
+                        self.stopping_sources = True
+                    elif now - self.drain_started > self.cfg.supervisor.drain_timeout_s:
+                        live = [n for n, sp in self.stages.items() if sp.state == "running"]
+                        log.error("drain took over %.0f s; stopping %s", self.cfg.supervisor.drain_timeout_s,
+                                  ", ".join(live))
+                        self._signal_stages(live, signal.SIGTERM)
+                        self.drain_started = now + 10.0 - self.cfg.supervisor.drain_timeout_s
+                        self.failed_reason = self.failed_reason or "the pipeline did not drain in time"
+                if all(sp.state in ("finished", "failed") for sp in self.stages.values()):
+                    break
+                if now - last_status >= 1.0:
+                    self._sample_source_progress()
+                    self._write_status()
+                    last_status = now
+                time.sleep(0.05)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self._kill_leftovers()
+            self._write_status()
+            if self.server is not None:
+                self.server.stop()
+        return self._exit_code()
+
+    def _kill_leftovers(self) -> None:
+        for sp in self.stages.values():
+            if sp.proc is not None and sp.proc.poll() is None:
+                sp.proc.terminate()
+                try:
+                    sp.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    sp.proc.kill()
+                    sp.proc.wait()
+
+    def _exit_code(self) -> int:
+        if self.failed_reason:
+            log.error("pipeline failed: %s", self.failed_reason)
+            return 1
+        if self.bad_sources:
+            for msg in self.bad_sources.values():
+                log.error("%s", msg)
+            return 2
+        if self.signals >= 2:
+            return 130
+        return 0
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.sock_dir / "specs", ignore_errors=True)

@@ -1,0 +1,333 @@
+"""The infer stage: batched embedding + classification for every stream, with hot-swapped heads.
+
+Input ``in`` (PULL, fan-in from every source stage): ``frame`` and ``tokens`` messages and one
+``eos`` per stream. Outputs: ``predictions`` (PUSH to the sink), optionally ``samples`` (PUSH to
+the select stage: the embedding, class probabilities and the frame or text, so learning never
+recomputes what inference already did), and ``load`` (PUB: backlog and busy share, for the
+retraining arbiter). Control input ``model_ready`` (SUB): new heads, applied between batches.
+The learning-loop messages are specified in remembrall/learning/PROTOCOL.md.
+
+Frames and texts share this one stage through a modality adapter: the vision backbone for
+frames, the MiniLM text encoder for tokens; heads, entropy, samples and predictions are the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from remembrall.models.backbone import VisionBackbone, resolve_device
+from remembrall.models.heads import CheckpointError, load_head
+from remembrall.models.serving import HeadServer, SwapRequest
+from remembrall.monitoring import metrics as m
+from remembrall.pipeline.messages import Message
+from remembrall.pipeline.runtime import Stage
+
+log = logging.getLogger(__name__)
+
+MODALITY_OF_KIND = {"frame": "vision", "tokens": "text"}
+ACCURACY_WINDOW = 500
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row of ``probs``."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
+
+
+class InferStage(Stage):
+    type = "infer"
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        icfg = self.cfg.infer
+        self.device = resolve_device(icfg.device)
+        if icfg.threads > 0:
+            torch.set_num_threads(icfg.threads)
+        self.modalities: list[str] = list(spec.params.get("modalities", ["vision"]))
+        self.encoders: dict[str, Any] = {}
+        if "vision" in self.modalities:
+            self.encoders["vision"] = VisionBackbone(icfg.device, icfg.half, icfg.image_size, icfg.threads)
+        if "text" in self.modalities:
+            from remembrall.models.text_encoder import TextEncoder
+
+            tcfg = self.cfg.extra.get("text")
+            kwargs = {"device": icfg.device}
+            for key in ("max_tokens", "batch_size"):
+                if tcfg is not None and hasattr(tcfg, key):
+                    kwargs[key] = getattr(tcfg, key)
+            self.encoders["text"] = TextEncoder(**kwargs)
+        self.heads = HeadServer(self.device, {k: enc.dim for k, enc in self.encoders.items()})
+        self._load_base_heads()
+        self.queue: deque[Message] = deque()
+        self.ended: set[str] = set(spec.finished_streams)
+        self.streams: set[str] = set(spec.streams)
+        self.topk = icfg.topk
+        self._correct: dict[str, deque[bool]] = {}
+        self._last_input = time.monotonic()
+        self._sent_status = 0.0
+        self._busy_s = 0.0
+        self._busy_since = time.monotonic()
+        self._announced: set[tuple[str, str, int]] = set()
+
+    # ------------------------------------------------------------------ setup
+    def _load_base_heads(self) -> None:
+        icfg = self.cfg.infer
+        for modality, choice in (("vision", icfg.head), ("text", icfg.text_head)):
+            if modality not in self.encoders:
+                continue
+            if choice == "none":
+                log.info("%s: no base %s head: cold start, predictions begin with the first trained head",
+                         self.name, modality)
+                continue
+            if choice == "imagenet":
+                if modality != "vision":
+                    raise ValueError("infer.text_head cannot be 'imagenet'; use a checkpoint path or 'none'")
+                head, meta = self.encoders["vision"].imagenet_head()
+            else:
+                try:
+                    head, meta = load_head(choice)
+                except CheckpointError as exc:
+                    raise ValueError(f"infer.{'head' if modality == 'vision' else 'text_head'}: {exc}") from None
+            self.heads.set_base(modality, head, meta)
+        for modality in self.encoders:
+            m.MODEL_VERSION.labels(self.name, "").set(self.heads.version(modality))
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> int:
+        inp = self.socket("in")
+        preds = self.socket("predictions")
+        samples = self.socket("samples") if self.has("samples") else None
+        ctrl = self.socket("model_ready") if self.has("model_ready") else None
+        status = self.socket("load") if self.has("load") else None
+        self._resume_current_model()
+        poller = zmq.Poller()
+        poller.register(inp, zmq.POLLIN)
+        if ctrl is not None:
+            poller.register(ctrl, zmq.POLLIN)
+        log.info("%s: serving %s on %s", self.name, ", ".join(self.modalities), self.device)
+        try:
+            while True:
+                batch = self._next_batch(poller, inp, ctrl)
+                for req, seconds in self.heads.apply_pending():
+                    m.SWAP_SECONDS.labels(self.name, "").observe(seconds)
+                    m.MODEL_VERSION.labels(self.name, "").set(self.heads.version(req.modality))
+                if batch:
+                    t0 = time.monotonic()
+                    self._process(batch, preds, samples)
+                    self._busy_s += time.monotonic() - t0
+                if status is not None:
+                    self._publish_status(status)
+                if self._finished():
+                    break
+        finally:
+            self.heads.close()
+        for stream in sorted(self.streams):
+            eos = Message("eos", stream=stream)
+            self.send(preds, eos, timeout_ms=30_000)
+            if samples is not None:
+                self.send(samples, eos, timeout_ms=30_000)
+        log.info("%s: all streams ended", self.name)
+        return 0
+
+    def _finished(self) -> bool:
+        if self.queue:
+            return False
+        if self.stopping or self.streams <= self.ended:
+            return True
+        # restarted after some producers finished: they will never send eos again
+        idle = time.monotonic() - self._last_input
+        return bool(self.spec.finished_streams) and idle > self.cfg.supervisor.stage_idle_drain_s
+
+    def _pull(self, poller: zmq.Poller, inp: zmq.Socket, ctrl: zmq.Socket | None, timeout_ms: float) -> None:
+        events = dict(poller.poll(max(0, int(timeout_ms))))
+        if ctrl is not None and ctrl in events:
+            while ctrl.poll(0, zmq.POLLIN):
+                msg = self.recv_ready(ctrl)
+                if msg is not None:
+                    self._control(msg)
+        if inp in events:
+            cap = self.cfg.infer.queue
+            while len(self.queue) < cap:
+                if not inp.poll(0, zmq.POLLIN):
+                    break
+                msg = self.recv_ready(inp)
+                if msg is None:
+                    continue
+                self._last_input = time.monotonic()
+                if msg.kind == "eos":
+                    self.ended.add(msg.stream)
+                    self.streams.add(msg.stream)
+                    if msg.get("error"):
+                        log.error("%s: stream %s ended with an error: %s", self.name, msg.stream, msg.get("error"))
+                elif msg.kind in MODALITY_OF_KIND and MODALITY_OF_KIND[msg.kind] in self.encoders:
+                    if not self._valid_item(msg):
+                        continue
+                    self.streams.add(msg.stream)
+                    self.queue.append(msg)
+                else:
+                    m.DROPPED.labels(self.name, msg.stream, "unexpected_kind").inc()
+
+    def _valid_item(self, msg: Message) -> bool:
+        ok = True
+        if msg.kind == "frame":
+            ok = len(msg.arrays) == 1 and msg.arrays[0].dtype == np.uint8 and msg.arrays[0].ndim == 3 \
+                and msg.arrays[0].shape[2] == 3 and min(msg.arrays[0].shape[:2]) >= 8
+        elif msg.kind == "tokens":
+            ok = isinstance(msg.get("text"), str)
+        if not ok:
+            m.DROPPED.labels(self.name, msg.stream, "malformed_payload").inc()
+            log.warning("%s: dropped a %s message with an invalid payload", self.name, msg.kind)
+        return ok
+
+    def _next_batch(self, poller: zmq.Poller, inp: zmq.Socket, ctrl: zmq.Socket | None) -> list[Message]:
+        size = self.cfg.infer.batch_size
+        max_wait = self.cfg.infer.max_wait_ms / 1000
+        deadline = None
+        while len(self.queue) < size and not self.stopping:
+            if self.queue:
+                deadline = deadline or time.monotonic() + max_wait
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.streams <= self.ended:
+                    break
+                self._pull(poller, inp, ctrl, remaining * 1000)
+            else:
+                self._pull(poller, inp, ctrl, 100)
+                if not self.queue:
+                    break
+        if self.stopping:  # take whatever already arrived, then stop
+            self._pull(poller, inp, ctrl, 0)
+        batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
+        depth = Counter(msg.stream for msg in self.queue)
+        for stream in self.streams:
+            m.QUEUE_DEPTH.labels(self.name, stream).set(depth.get(stream, 0))
+        return batch
+
+    # ------------------------------------------------------------------ control
+    def _control(self, msg: Message) -> None:
+        """Handle ``model_ready`` (see remembrall/learning/PROTOCOL.md §3) and ``rollback``."""
+        if msg.kind == "model_ready":
+            self._announce(msg.fields)
+        elif msg.kind == "rollback":
+            modality = msg.get("modality", "vision")
+            if modality in self.encoders and self.heads.rollback(modality):
+                m.MODEL_VERSION.labels(self.name, "").set(self.heads.version(modality))
+
+    def _announce(self, fields: dict[str, Any]) -> None:
+        """Queue the specialized (and Reptile-updated base) head an announcement names."""
+        wanted = [("specialized", fields.get("path"), fields.get("version")),
+                  ("base", fields.get("base_path"), fields.get("base_version"))]
+        modality = fields.get("modality", "auto")
+        if modality != "auto" and modality not in self.encoders:
+            return
+        for role, path, version in wanted:
+            if path is None and role == "base":
+                continue
+            if not isinstance(path, str) or not isinstance(version, int) or isinstance(version, bool):
+                m.DROPPED.labels(self.name, "", "malformed_control").inc()
+                log.warning("%s: ignored a model announcement without a valid %s path/version", self.name, role)
+                return
+            key = (role, path, version)
+            if key in self._announced:
+                continue  # retrain re-publishes the current model periodically
+            self._announced.add(key)
+            if not Path(path).is_absolute() and self.spec.run_dir:
+                path = str(Path(self.spec.run_dir) / path)
+            self.heads.request_swap(SwapRequest(modality, role, path, version))
+
+    def _resume_current_model(self) -> None:
+        """A (re)started infer serves the model retrain last announced (models/current.json)."""
+        current = Path(self.spec.run_dir) / "models" / "current.json"
+        if not current.is_file():
+            return
+        try:
+            fields = json.loads(current.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("%s: ignoring unreadable %s: %s", self.name, current, exc)
+            return
+        if isinstance(fields, dict):
+            log.info("%s: resuming the last announced model v%s", self.name, fields.get("version"))
+            self._announce(fields)
+
+    def _publish_status(self, sock: zmq.Socket) -> None:
+        now = time.monotonic()
+        if now - self._sent_status < 0.25:
+            return
+        self._sent_status = now
+        busy = self._busy_s / max(1e-6, now - self._busy_since)
+        self._busy_s, self._busy_since = 0.0, now
+        msg = Message("control", stream="", fields={"event": "infer_load", "backlog": len(self.queue),
+                                                    "busy": round(min(1.0, busy), 4)})
+        self.send(sock, msg, block=False)
+
+    # ------------------------------------------------------------------ work
+    def _process(self, batch: list[Message], preds: zmq.Socket, samples: zmq.Socket | None) -> None:
+        groups: dict[tuple[str, tuple[int, ...]], list[Message]] = {}
+        for msg in batch:
+            modality = MODALITY_OF_KIND[msg.kind]
+            key = (modality, msg.arrays[0].shape if modality == "vision" else ())
+            groups.setdefault(key, []).append(msg)
+        for (modality, _), msgs in groups.items():
+            t0 = time.perf_counter()
+            if modality == "vision":
+                emb = self.encoders["vision"].embed(np.stack([msg.arrays[0] for msg in msgs]))
+            else:
+                emb = torch.as_tensor(self.encoders["text"].embed([msg.get("text") for msg in msgs]))
+                emb = emb.to(self.device)
+            served = self.heads.serving(modality)
+            probs = None
+            if served is not None:
+                with torch.no_grad():
+                    probs = torch.softmax(served.head(emb).float(), dim=1)
+                ent = entropy(probs).cpu().numpy()
+                k = min(self.topk, probs.shape[1])
+                top_p, top_i = probs.topk(k, dim=1)
+                top_p, top_i = top_p.cpu().numpy(), top_i.cpu().numpy()
+                probs_np = probs.cpu().numpy().astype(np.float32)
+            emb_np = emb.cpu().numpy().astype(np.float32)
+            per_item = (time.perf_counter() - t0) / len(msgs)
+            for i, msg in enumerate(msgs):
+                item_id = msg.get("id") or f"{msg.stream}:{msg.seq}"
+                fields: dict[str, Any] = {"id": item_id, "model_version": -1, "modality": modality}
+                if probs is not None:
+                    classes = served.meta.classes
+                    fields["top"] = [[classes[j], round(float(p), 5)] for p, j in zip(top_p[i], top_i[i], strict=True)]
+                    fields["pred"] = classes[int(top_i[i][0])]
+                    fields["entropy"] = round(float(ent[i]), 5)
+                    fields["model_version"] = served.meta.version
+                else:
+                    fields.update(top=[], pred=None, entropy=None)
+                label = msg.get("label")
+                if label is not None:
+                    fields["label"] = label
+                    self._score(msg.stream, fields["pred"] == label)
+                pred = Message("prediction", stream=msg.stream, seq=msg.seq, pts=msg.pts, ts=msg.ts, fields=fields)
+                self.send(preds, pred)
+                if samples is not None:
+                    sample_fields = dict(fields)
+                    sample_fields.pop("top", None)
+                    arrays = [emb_np[i], probs_np[i] if probs is not None else np.zeros(0, np.float32)]
+                    if modality == "vision":
+                        arrays.append(msg.arrays[0])
+                    else:
+                        sample_fields["text"] = msg.get("text")
+                    if probs is not None:
+                        sample_fields["classes_version"] = served.meta.version
+                    sample = Message("sample", stream=msg.stream, seq=msg.seq, pts=msg.pts, ts=msg.ts,
+                                     fields=sample_fields, arrays=arrays)
+                    if not self.send(samples, sample, block=False):
+                        m.DROPPED.labels(self.name, msg.stream, "samples_backpressure").inc()
+                m.FRAMES.labels(self.name, msg.stream).inc()
+                m.LATENCY.labels(self.name, msg.stream).observe(per_item)
+
+    def _score(self, stream: str, correct: bool) -> None:
+        window = self._correct.setdefault(stream, deque(maxlen=ACCURACY_WINDOW))
+        window.append(bool(correct))
+        m.ONLINE_ACCURACY.labels(self.name, stream).set(sum(window) / len(window))

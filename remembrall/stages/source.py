@@ -1,0 +1,81 @@
+"""What every source stage shares (video decode, text decode): stream lookup, counted drops,
+end-of-stream, and resume progress for file sources restarted after a crash."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from remembrall.config import SourceConfig
+from remembrall.models.heads import atomic_write_bytes
+from remembrall.monitoring import metrics as m
+from remembrall.pipeline.messages import Message
+from remembrall.pipeline.runtime import Stage
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a source stage whose input cannot be used at all: the supervisor does not
+#: restart it (restarting cannot fix a missing file) and reports the error.
+EXIT_BAD_SOURCE = 3
+
+
+class SourceStats:
+    """Counts what a source reports into the stage's Prometheus metrics."""
+
+    def __init__(self, stage: str, stream: str) -> None:
+        self._errors = m.DECODE_ERRORS.labels(stage, stream)
+        self._dropped = m.DROPPED.labels(stage, stream, "decode_error")
+        self._reconnects = m.SOURCE_RECONNECTS.labels(stage, stream)
+        self._connected = m.SOURCE_CONNECTED.labels(stage, stream)
+
+    def decode_error(self, n: int = 1) -> None:
+        self._errors.inc(n)
+        self._dropped.inc(n)
+
+    def reconnect(self) -> None:
+        self._reconnects.inc()
+
+    def connected(self, up: bool) -> None:
+        self._connected.set(1 if up else 0)
+
+
+class SourceStage(Stage):
+    """What the video and text source stages share: stream lookup, eos, resume progress."""
+
+    def source_config(self) -> SourceConfig:
+        stream = self.spec.streams[0]
+        for src in self.cfg.sources:
+            if src.id == stream:
+                return src
+        raise ValueError(f"stage {self.name}: no source with id {stream!r} in the config")
+
+    @property
+    def stream(self) -> str:
+        return self.spec.streams[0]
+
+    def _progress_path(self) -> Path:
+        return Path(self.spec.run_dir) / "progress" / f"{self.stream}.json"
+
+    def resume_after(self) -> int:
+        """Index of the last item handed on by a previous life of this stage, or -1."""
+        try:
+            return int(json.loads(self._progress_path().read_text())["last_index"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+
+    def save_progress(self, last_index: int) -> None:
+        atomic_write_bytes(self._progress_path(), json.dumps({"last_index": last_index}).encode())
+
+    def send_eos(self, error: str | None = None) -> None:
+        fields = {"error": error} if error else {}
+        if not self.send(self.socket("out"), Message("eos", stream=self.stream, fields=fields), timeout_ms=30_000):
+            log.error("%s: downstream did not take end-of-stream within 30 s", self.name)
+
+    def emit(self, msg: Message, live: bool) -> bool:
+        """Hand ``msg`` downstream: drop-newest when live and full, block otherwise."""
+        if self.send(self.socket("out"), msg, block=not live):
+            m.FRAMES.labels(self.name, self.stream).inc()
+            return True
+        m.DROPPED.labels(self.name, self.stream, "backpressure").inc()
+        return False
