@@ -408,3 +408,13 @@ def test_close_mid_iteration_releases_the_decoder(tmp_path: Path, make_video) ->
     src.close()
     assert not src._containers
     assert list(it) == []
+
+
+def test_raw_h264_without_timestamps_gets_pts_from_the_rate(tmp_path: Path, make_video) -> None:
+    """An elementary .h264 stream has no pts: frames get frame_no/fps, so loop and max_fps stay
+    deterministic instead of depending on how fast this machine decodes."""
+    path = make_video(tmp_path / "raw.h264", frames=20, fps=25)
+    frames = read_all(path, 32, 32, loop=2)
+    assert len(frames) == 40
+    assert np.allclose([f.pts for f in frames], np.arange(40) / 25, atol=1e-6)
+    assert len(read_all(path, 32, 32, loop=2, max_fps=10.0)) == 16

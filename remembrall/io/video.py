@@ -423,6 +423,8 @@ class FileSource(FrameSource):
                 if self.labels is not None and self.fps:
                     self.labels.tolerance = 0.5 / self.fps
                 for frame_no, pts, img in self._decode(container, stream, errors, self.uri):
+                    if pts is None and self.fps:  # raw elementary streams carry no timestamps
+                        pts = frame_no / self.fps
                     label = item_id = None
                     if self.labels is not None:
                         label, item_id = self.labels.lookup(frame_no, pts)
