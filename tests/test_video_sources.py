@@ -418,3 +418,11 @@ def test_raw_h264_without_timestamps_gets_pts_from_the_rate(tmp_path: Path, make
     assert len(frames) == 40
     assert np.allclose([f.pts for f in frames], np.arange(40) / 25, atol=1e-6)
     assert len(read_all(path, 32, 32, loop=2, max_fps=10.0)) == 16
+
+
+def test_file_declared_live_keeps_file_semantics_on_damage(truncated_video: Path) -> None:
+    stats = Stats()
+    src = open_source(SourceConfig(uri=str(truncated_video), live="yes"), 16, 16, stats=stats, max_decode_errors=1)
+    assert src.live is True  # the decode stage drops instead of blocking
+    frames = list(src)
+    assert 10 <= len(frames) < 50 and stats.errors == 1

@@ -289,13 +289,14 @@ class FrameSource:
         return np.ascontiguousarray(img)
 
     def _decode(
-        self, container: Any, stream: Any, errors: _ErrorCounter, name: str
+        self, container: Any, stream: Any, errors: _ErrorCounter, stream_lost: bool = False
     ) -> Iterator[tuple[int, float | None, np.ndarray]]:
         """Yield ``(frame number in this container, pts seconds, RGB image)``.
 
         An undecodable packet is counted and skipped. For files, a container read error is
         retried (FFmpeg resyncs) and the file is abandoned after ``max_decode_errors``
-        consecutive failures; for live sources either condition raises :class:`_StreamLost`.
+        consecutive failures; for streams (``stream_lost``) either condition raises
+        :class:`_StreamLost` so the caller reconnects.
         """
         frame_no = 0
         packets = container.demux(stream)
@@ -308,7 +309,7 @@ class FrameSource:
             except StopIteration:
                 return
             except (av.FFmpegError, OSError) as exc:
-                if self.live:
+                if stream_lost:
                     raise _StreamLost(f"read failed: {_describe(exc)}") from exc
                 errors.error(exc)
                 demux_retries += 1
@@ -325,7 +326,7 @@ class FrameSource:
                 # corrupt; count those anyway, and keep whatever frames they still produced.
                 errors.error(exc)
                 if errors.exhausted:
-                    if self.live:
+                    if stream_lost:
                         raise _StreamLost(f"{errors.consecutive} consecutive undecodable packets") from exc
                     return
                 frames = exc.frames if isinstance(exc, _CorruptPacket) else []
@@ -422,7 +423,7 @@ class FileSource(FrameSource):
                 stream = self._setup_stream(container)
                 if self.labels is not None and self.fps:
                     self.labels.tolerance = 0.5 / self.fps
-                for frame_no, pts, img in self._decode(container, stream, errors, self.uri):
+                for frame_no, pts, img in self._decode(container, stream, errors):
                     if pts is None and self.fps:  # raw elementary streams carry no timestamps
                         pts = frame_no / self.fps
                     label = item_id = None
@@ -504,7 +505,7 @@ class StreamSource(FrameSource):
                     if not container.streams.video:
                         raise _StreamLost("the stream carries no video")
                     stream = self._setup_stream(container)
-                    for _no, pts, img in self._decode(container, stream, errors, self.uri):
+                    for _no, pts, img in self._decode(container, stream, errors, stream_lost=True):
                         if got == 0:
                             self.attempts = 0
                             delay = self.reconnect_initial_s
