@@ -25,6 +25,8 @@ class SelectConfig:
     k: int = _f(4, min=1, max=64, help="nearest taken neighbours that damp a candidate")
     quantile: float = _f(0.2, min=0.01, max=0.99, help="quantile of NN distances that is 'near'")
     ewma: float = _f(0.05, min=0.0001, max=1.0, help="step of the adaptive threshold")
+    min_distance: float = _f(0.02, min=0.0, max=2.0, help="cosine distance that is never 'new'")
+    bank_windows: float = _f(4.0, min=0.0, help="unspent label budget kept, in windows")
     uniform_mode: Literal["every", "random"] = "every"
     seed: int = 0
 
@@ -66,8 +68,6 @@ class BufferConfig:
 class RetrainConfig:
     """Few-shot retraining under a compute share, early stopping, hot-swap, base update."""
 
-    #: Initial specialized/base head: a checkpoint path, "imagenet", or "none" (cold start).
-    base_head: str = "none"
     min_labels: int = _f(16, min=1, help="labelled samples before the first run")
     every_labels: int = _f(32, min=1, help="new labels that trigger a run (cadence)")
     drift_trigger: float = _f(0.15, min=0.0, max=2.0, help="scene drift (cosine) that triggers a run")
@@ -86,6 +86,7 @@ class RetrainConfig:
     share: float = _f(0.3, min=0.01, max=1.0, help="max share of compute time over the window")
     share_window_s: float = _f(10.0, min=0.1)
     max_backlog: int = _f(8, min=0)
+    preempt_s: float = _f(5.0, min=0.0, help="inference backlog this long ends a run (best head so far)")
     threads: int = _f(1, min=0, help="torch threads in the retrain process, 0 = torch default")
     device: str = "cpu"
     reptile: bool = True

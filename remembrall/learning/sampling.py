@@ -60,6 +60,10 @@ class Sampler(Protocol):
     def flush(self) -> list[Any]:
         """Decide on everything still pending (end of stream); return the selected keys."""
 
+    @property
+    def pending(self) -> int:
+        """How many of the most recent offers are still undecided (the rest were not selected)."""
+
 
 @dataclass
 class SamplerStats:
@@ -111,6 +115,10 @@ class UniformSampler:
 
     def flush(self) -> list[Any]:
         return []
+
+    @property
+    def pending(self) -> int:
+        return 0
 
 
 class EmbeddingSampler:
@@ -227,7 +235,14 @@ class EmbeddingSampler:
         return []
 
     def flush(self) -> list[Any]:
-        return self._close_window() if self._pending else []
+        if not self._pending:
+            self._in_window = 0
+            return []
+        return self._close_window()
+
+    @property
+    def pending(self) -> int:
+        return self._in_window
 
 
 def make_sampler(name: str, **kwargs: Any) -> Sampler:

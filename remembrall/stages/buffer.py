@@ -1,0 +1,127 @@
+"""The buffer stage: owns the replay memory on disk and feeds retrain.
+
+Input ``labelled`` (PULL): labelled samples (PROTOCOL.md §2). Each goes into the replay memory
+(one per modality: ``buffer.path`` for vision, ``…-text.npz`` beside it for text), which is saved
+atomically every ``persist_every`` inserts or ``persist_interval_s`` seconds, and always before
+``eos`` is forwarded or the process exits. Output ``labelled`` (PUSH): the same sample with
+``split`` (``train``, ``holdout`` or ``skipped``) so retrain can merge labels newer than the file.
+
+A corrupt or old-format buffer file is an error or, with ``buffer.on_corrupt: rebuild``, moved
+aside with a warning (see :mod:`remembrall.learning.replay`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from remembrall.learning.replay import ReplayMemory
+from remembrall.learning.stagekit import BadSample, DropCounter, StreamEnds, check_sample
+from remembrall.monitoring import metrics as m
+from remembrall.pipeline.messages import Message
+from remembrall.pipeline.runtime import Stage
+
+log = logging.getLogger(__name__)
+
+
+def buffer_path(cfg: Any, run_dir: str | Path, modality: str = "vision") -> Path:
+    """Where the replay memory of ``modality`` lives (relative paths are under the run dir)."""
+    p = Path(cfg.path)
+    if not p.is_absolute():
+        p = Path(run_dir or ".") / p
+    if modality != "vision":
+        p = p.with_name(f"{p.stem}-{modality}{p.suffix}")
+    return p
+
+
+class BufferStage(Stage):
+    type = "buffer"
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.bcfg = self.cfg.extra["buffer"]
+        self.memories: dict[str, ReplayMemory] = {}
+        self.dirty: dict[str, int] = {}
+        self.saved_at: dict[str, float] = {}
+        self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
+        self.drops = DropCounter(self.name)
+        for modality in ("vision", "text"):  # reload what a previous run (or a crash) left
+            if buffer_path(self.bcfg, spec.run_dir, modality).exists():
+                self._memory(modality)
+
+    def _memory(self, modality: str) -> ReplayMemory:
+        if modality not in self.memories:
+            c = self.bcfg
+            path = buffer_path(c, self.spec.run_dir, modality)
+            mem = ReplayMemory.open(path, on_corrupt=c.on_corrupt, capacity=c.capacity, policy=c.policy,
+                                    holdout_every=c.holdout_every, holdout_capacity=c.holdout_capacity, seed=c.seed)
+            if len(mem) or mem.holdout_size:
+                log.info("%s: reloaded %d+%d %s samples from %s", self.name, len(mem), mem.holdout_size,
+                         modality, path)
+            self.memories[modality] = mem
+            self.dirty[modality] = 0
+            self.saved_at[modality] = time.monotonic()
+            m.BUFFER_SIZE.labels(self.name, "").set(len(mem))
+        return self.memories[modality]
+
+    def save(self, modality: str, force: bool = False) -> None:
+        n = self.dirty.get(modality, 0)
+        if not n:
+            return
+        due = n >= self.bcfg.persist_every or time.monotonic() - self.saved_at[modality] >= self.bcfg.persist_interval_s
+        if force or due:
+            self.memories[modality].save(buffer_path(self.bcfg, self.spec.run_dir, modality))
+            self.dirty[modality] = 0
+            self.saved_at[modality] = time.monotonic()
+
+    def handle(self, msg: Message, out: zmq.Socket) -> None:
+        try:
+            view = check_sample(msg, need_label=True)
+        except BadSample as exc:
+            self.drops.drop(exc.reason, msg.stream, str(exc))
+            return
+        mem = self._memory(view.modality)
+        try:
+            split = mem.add(view.id, view.embedding, view.label, msg.stream, msg.ts)
+        except ValueError as exc:
+            self.drops.drop("bad_sample", msg.stream, f"{view.id}: {exc}")
+            return
+        if split == "duplicate":
+            self.drops.drop("duplicate", msg.stream, f"{view.id} is already in the buffer")
+            return
+        self.dirty[view.modality] += 1
+        m.FRAMES.labels(self.name, msg.stream).inc()
+        m.BUFFER_SIZE.labels(self.name, "").set(len(mem))
+        self.save(view.modality)
+        msg.fields["split"] = split
+        self.send(out, Message("sample", stream=msg.stream, seq=msg.seq, pts=msg.pts, ts=msg.ts,
+                               fields=msg.fields, arrays=msg.arrays[:2]))
+
+    def run(self) -> int:
+        inp = self.socket("labelled")
+        out = self._out()
+        try:
+            while not self.stopping and not self.ends.all_ended():
+                msg = self.recv(inp, timeout_ms=100)
+                if msg is not None:
+                    self.ends.seen(msg)
+                    if msg.kind != "eos":
+                        self.handle(msg, out)
+                for modality in self.memories:
+                    self.save(modality)
+        finally:
+            for modality in self.memories:
+                self.save(modality, force=True)
+        for stream in sorted(self.ends.streams):
+            self.send(out, Message("eos", stream=stream), timeout_ms=30_000)
+        log.info("%s: buffer holds %s", self.name,
+                 {k: (len(v), v.holdout_size) for k, v in self.memories.items()})
+        return 0
+
+    def _out(self) -> zmq.Socket:
+        """The output role has the input's name, ``labelled`` (graph.py): open it by its output endpoint."""
+        return self.socket("labelled_out", endpoint=self.spec.outputs["labelled"])

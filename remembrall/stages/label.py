@@ -1,0 +1,99 @@
+"""The label stage: turn selected samples into labelled ones (oracle, teacher or external).
+
+Input ``selected`` (PULL): samples chosen by select (PROTOCOL.md §1). Optional input ``labels``
+(PULL): ``label`` messages ``{id, label}`` from a human for the external labeler (labels may also
+arrive as JSON files in ``label.external_dir/labels/``). Output ``labelled`` (PUSH, blocking):
+the sample with ``label`` and ``label_source`` set, image dropped (PROTOCOL.md §2). Rejections
+(no label, unknown class, unknown sample id, unsure teacher) are counted as drops by reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import zmq
+
+from remembrall.learning.labelers import ExternalLabeler, Labeler, make_labeler
+from remembrall.learning.stagekit import BadSample, DropCounter, StreamEnds, check_sample
+from remembrall.monitoring import metrics as m
+from remembrall.pipeline.messages import Message
+from remembrall.pipeline.runtime import Stage
+
+log = logging.getLogger(__name__)
+
+POLL_FILES_S = 0.5
+
+
+class LabelStage(Stage):
+    type = "label"
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.labeler: Labeler = make_labeler(self.cfg.extra["label"], spec.run_dir or ".")
+        self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
+        self.drops = DropCounter(self.name)
+        self.sent = 0
+
+    def _send_all(self, out: zmq.Socket, msgs: list[Message], stream: str = "") -> None:
+        """Forward labelled samples; rejections since the last call are counted under ``stream``."""
+        for msg in msgs:
+            self.send(out, msg)
+            self.sent += 1
+            m.FRAMES.labels(self.name, msg.stream).inc()
+        self.drops.sync(self.labeler.rejected, stream)
+
+    def handle(self, msg: Message, out: zmq.Socket) -> None:
+        if msg.kind == "label":  # a human's answer arriving on the selected socket is fine too
+            self._answer(msg, out)
+            return
+        try:
+            check_sample(msg)
+        except BadSample as exc:
+            self.drops.drop(exc.reason, msg.stream, str(exc))
+            return
+        self._send_all(out, self.labeler.submit(msg), msg.stream)
+
+    def _answer(self, msg: Message, out: zmq.Socket) -> None:
+        if not isinstance(self.labeler, ExternalLabeler):
+            self.drops.drop("unexpected_label", msg.stream, f"{self.labeler.name} labeler takes no label messages")
+            return
+        self._send_all(out, self.labeler.receive(msg.get("id"), msg.get("label")), msg.stream)
+
+    def run(self) -> int:
+        inp = self.socket("selected")
+        out = self.socket("labelled")
+        labels = self.socket("labels") if self.has("labels") else None
+        poller = zmq.Poller()
+        poller.register(inp, zmq.POLLIN)
+        if labels is not None:
+            poller.register(labels, zmq.POLLIN)
+        last_files = 0.0
+        log.info("%s: %s labeler", self.name, self.labeler.name)
+        while not self.stopping and not self.ends.all_ended():
+            events = dict(poller.poll(100))
+            if inp in events:
+                msg = self.recv_ready(inp)
+                if msg is not None:
+                    self.ends.seen(msg)
+                    if msg.kind != "eos":
+                        self.handle(msg, out)
+            if labels is not None and labels in events:
+                msg = self.recv_ready(labels)
+                if msg is not None and msg.kind == "label":
+                    self._answer(msg, out)
+                elif msg is not None:
+                    self.drops.drop("unexpected_kind", msg.stream, f"kind {msg.kind!r} on the labels input")
+            if time.monotonic() - last_files >= POLL_FILES_S:
+                last_files = time.monotonic()
+                self._send_all(out, self.labeler.poll())
+        self._send_all(out, self.labeler.poll())
+        if isinstance(self.labeler, ExternalLabeler) and self.labeler.pending:
+            log.warning("%s: %d exported samples still await a label in %s", self.name,
+                        len(self.labeler.pending), self.labeler.dir)
+        for stream in sorted(self.ends.streams):
+            self.send(out, Message("eos", stream=stream), timeout_ms=30_000)
+        self.labeler.close()
+        log.info("%s: labelled %d samples, rejected %s", self.name, self.sent, dict(self.labeler.rejected))
+        return 0
