@@ -426,3 +426,35 @@ def test_file_declared_live_keeps_file_semantics_on_damage(truncated_video: Path
     assert src.live is True  # the decode stage drops instead of blocking
     frames = list(src)
     assert 10 <= len(frames) < 50 and stats.errors == 1
+
+
+def test_rtsp_serves_a_real_file_and_replays_after_its_end(tmp_path: Path, make_video, rtsp_server) -> None:
+    """The server streams our own mp4: its content arrives intact, and at the end of the file
+    the live source reconnects (the camera "came back") with the index still counting."""
+    clip = make_video(tmp_path / "served.mp4", frames=50, fps=25)
+    server = rtsp_server
+    server.stop()
+    server.file = str(clip)  # same port, now serving the file
+    server.start()
+    stats = Stats()
+    deadline = time.monotonic() + 30
+    src = open_source(_rtsp_cfg(server.url, reconnect_initial_s=0.1), None, None, stats=stats,
+                      should_stop=lambda: time.monotonic() > deadline)
+    first_connection: list[VideoFrame] = []
+    n = 0
+    try:
+        for f in src:
+            assert f.index == n
+            n += 1
+            if not stats.reconnects:
+                first_connection.append(f)
+            if stats.reconnects and n >= len(first_connection) + 10:
+                break
+    finally:
+        src.close()
+        server.stop()
+    assert time.monotonic() < deadline
+    assert 45 <= len(first_connection) <= 50
+    xs = [int(np.argmax((f.image.min(axis=2) > 240).sum(axis=0) > 20)) for f in first_connection[-20:]]
+    # The square moves 9 px per frame (wrapping at 280): consecutive frames, in order, none lost.
+    assert all((b - a) % 280 in (8, 9, 10) for a, b in zip(xs[:-1], xs[1:], strict=True)), xs
