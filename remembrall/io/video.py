@@ -612,7 +612,7 @@ def open_source(
             uri, dev, live=cfg.live != "no",
             open_kwargs={"format": "v4l2", "timeout": (timeout, timeout)}, **reconnect, **common,
         )
-    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+    if scheme in ("", "file") or Path(uri).exists():  # a local name may contain a colon
         return _open_file(cfg, uri, _local_path(uri), common)
     raise SourceError(
         f"{uri}: unsupported source scheme {scheme!r}; use a file path, file://, rtsp://, rtsps://, "
