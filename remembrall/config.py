@@ -262,19 +262,37 @@ def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] |
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: the top level must be a mapping of sections")
     for dotted, value in (overrides or {}).items():
-        node = data
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{label}: {dotted}: cannot override inside a non-mapping")
-        node[parts[-1]] = value
+        _set_dotted(data, dotted, value, label)
     try:
         cfg = from_dict(Config, data)
     except ConfigError as exc:
         raise ConfigError(f"{label}: {exc}") from None
     _check_semantics(cfg, label)
     return cfg
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, label: str) -> None:
+    """Set ``a.b.0.c`` (a list index where the node is a list) for a command-line override."""
+    node: Any = data
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{label}: {dotted}: {part!r} is not an index of a {len(node)}-item list")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if part == "sources" and "sources" not in node:
+                    node["sources"] = [{}]
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{label}: {dotted}: cannot override inside {'.'.join(parts[:i])}, not a mapping")
 
 
 def _check_semantics(cfg: Config, label: str) -> None:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from remembrall.atomic import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "remembrall.head/1"
 
@@ -68,31 +69,6 @@ class ClassifierHead(nn.Module):
         return self.net(x)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file, fsync and rename (crash-safe)."""
-    _atomic_write_bytes(Path(path), data)
-
-
 def save_head(path: str | os.PathLike[str], head: ClassifierHead, meta: HeadMeta) -> None:
     """Write a head checkpoint atomically."""
     if meta.classes != head.classes or meta.in_dim != head.in_dim:
@@ -100,7 +76,7 @@ def save_head(path: str | os.PathLike[str], head: ClassifierHead, meta: HeadMeta
     buf = io.BytesIO()
     state = {k: v.detach().to("cpu", torch.float32) for k, v in head.state_dict().items()}
     torch.save({"format": CHECKPOINT_FORMAT, "meta": asdict(meta), "hidden": head.hidden, "state": state}, buf)
-    _atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_head(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[ClassifierHead, HeadMeta]:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from remembrall.atomic import atomic_write_bytes
 from remembrall.config import Config
-from remembrall.models.heads import atomic_write_bytes
 from remembrall.pipeline.graph import build_graph, source_stage_names
 from remembrall.pipeline.runtime import StageSpec
 from remembrall.stages.source import EXIT_BAD_SOURCE

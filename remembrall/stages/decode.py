@@ -12,7 +12,7 @@ import logging
 import time
 
 from remembrall.io.errors import SourceError
-from remembrall.io.video import open_source
+from remembrall.io.video import open_source, redact
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
 from remembrall.stages.source import EXIT_BAD_SOURCE, SourceStage, SourceStats
@@ -33,7 +33,7 @@ class DecodeStage(SourceStage):
                 should_stop=lambda: self.stopping, max_decode_errors=dec.max_decode_errors,
             )
         except SourceError as exc:
-            log.error("%s: cannot read source %s: %s", self.name, src.uri, exc)
+            log.error("%s: cannot read source %s: %s", self.name, redact(src.uri), exc)
             self.send_eos(error=str(exc))
             return EXIT_BAD_SOURCE
         skip_to = -1 if source.live else self.resume_after()
@@ -41,7 +41,7 @@ class DecodeStage(SourceStage):
             log.info("%s: restarted; resuming after frame %d", self.name, skip_to)
         latency = m.LATENCY.labels(self.name, self.stream)
         last_saved, last_index = time.monotonic(), skip_to
-        log.info("%s: reading %s (%s)", self.name, src.uri, "live" if source.live else "file")
+        log.info("%s: reading %s (%s)", self.name, redact(src.uri), "live" if source.live else "file")
         error = None
         try:
             t0 = time.perf_counter()
@@ -67,7 +67,7 @@ class DecodeStage(SourceStage):
                     last_saved = now
                 t0 = time.perf_counter()
         except SourceError as exc:
-            log.error("%s: source %s failed: %s", self.name, src.uri, exc)
+            log.error("%s: source %s failed: %s", self.name, redact(src.uri), exc)
             error = str(exc)
         finally:
             source.close()

@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from remembrall.atomic import atomic_write_bytes
 from remembrall.config import SourceConfig
-from remembrall.models.heads import atomic_write_bytes
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
