@@ -51,7 +51,8 @@ def quantiles(metric: str, by: str, matchers: str, window: str = RI, label: str 
     return out
 
 
-# (row title, [(panel title, type, unit, description, [queries], width)])
+# (row title, [(panel title, type, unit, description, [queries], width)]). Units are Grafana unit
+# ids; an id Grafana does not know ("fps") is shown as a suffix.
 ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]]] = [
     ("Overview", [
         ("Stages up", "stat", "none",
@@ -82,12 +83,12 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]
         ("Frames/s per stage", "timeseries", "fps",
          "Items each stage processed per second.",
          [q(f"sum by (stage) (rate(remembrall_frames_total{{{SS}}}[{RI}]))", "{{stage}}")], 12),
-        ("Drops/s by reason", "timeseries", "fps",
+        ("Drops/s by reason", "timeseries", "cps",
          "Items dropped: backpressure (a live source outran the pipeline), malformed_* (bad input on a "
          "socket), decode_error, lost (sequence gaps at the sink), ...",
          [q(f"sum by (stage, stream, reason) (rate(remembrall_frames_dropped_total{{{SS}}}[{RI}]))",
             "{{stage}} {{stream}} {{reason}}")], 12),
-        ("Decode errors/s", "timeseries", "fps",
+        ("Decode errors/s", "timeseries", "cps",
          "Packets or frames a source could not decode.",
          [q(f"sum by (stage, stream) (rate(remembrall_decode_errors_total{{{SS}}}[{RI}]))",
             "{{stage}} {{stream}}")], 12),
@@ -104,7 +105,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]
          [q(f"sum by (stage, stream) (remembrall_queue_depth{{{SS}}})", "{{stage}} {{stream}}")], 8),
     ]),
     ("Learning", [
-        ("Samples selected/s", "timeseries", "fps",
+        ("Samples selected/s", "timeseries", "cps",
          "Samples the select stage kept for labelling. Needs: select.",
          [q(f"sum by (stream) (rate(remembrall_samples_selected_total{{{SS}}}[{RI}]))", "{{stream}}")], 8),
         ("Replay buffer size", "timeseries", "none",
