@@ -1,0 +1,501 @@
+"""The retrain stage: few-shot retraining under a compute share, validation, hot-swap, base update.
+
+Inputs: ``labelled`` (PULL) labelled samples from buffer (PROTOCOL.md §2), ``infer_load`` (SUB)
+infer's backlog reports (§5), ``control`` (PULL) ``rollback`` commands (§4). Output:
+``model_ready`` (PUB) announcements (§3), re-published every ``retrain.republish_s``.
+
+A run starts when enough new labels arrived (cadence) or the scene drifted (mean-embedding
+cosine distance since the last run), or on start-up when the buffer holds labels newer than the
+serving head (a crash mid-training loses only that run: the buffer file is intact and training
+resumes from it). It trains from a snapshot of the buffer file plus the labels forwarded since
+the last save, one slice per lease from the :class:`ComputeArbiter`. Only a head whose held-out
+accuracy is not worse than the serving head's is written (``models/head-v{N}.pt``, atomically),
+re-read and checked, announced, and recorded in ``models/current.json`` for an infer that
+restarts; then the base head takes a Reptile step toward it (``models/base-v{N}.pt``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from remembrall.learning.arbiter import ComputeArbiter
+from remembrall.learning.fsutil import atomic_write_json
+from remembrall.learning.replay import ReplayError, ReplayMemory
+from remembrall.learning.reptile import BaseUpdater
+from remembrall.learning.stagekit import BadSample, DropCounter, StreamEnds, check_sample
+from remembrall.learning.trainer import SceneMonitor, TrainingRun, TrainSettings
+from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head, save_head
+from remembrall.monitoring import metrics as m
+from remembrall.pipeline.messages import Message
+from remembrall.pipeline.runtime import Stage
+from remembrall.stages.buffer import buffer_path
+
+log = logging.getLogger(__name__)
+
+RECENT_LABELS = 4096
+
+
+@dataclass
+class ModalityState:
+    """Everything retrain tracks for one modality (vision or text)."""
+
+    modality: str
+    serving: ClassifierHead | None = None
+    serving_meta: HeadMeta | None = None
+    base: ClassifierHead | None = None
+    base_meta: HeadMeta | None = None
+    base_path: str | None = None
+    history: list[int] = field(default_factory=list)  # accepted versions, oldest first
+    next_version: int = 1
+    updater: BaseUpdater = field(default_factory=BaseUpdater)
+    monitor: SceneMonitor = field(default_factory=lambda: SceneMonitor(64))
+    scene_at_last_run: np.ndarray | None = None
+    labels_total: int = 0
+    new_labels: int = 0
+    resume: bool = False
+    retry_at: float = 0.0
+    recent: OrderedDict[str, tuple[np.ndarray, str, str]] = field(default_factory=OrderedDict)
+    run: TrainingRun | None = None
+    run_seen: int = 0
+    run_started: float = 0.0
+
+
+class RetrainStage(Stage):
+    type = "retrain"
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.rcfg = self.cfg.extra["retrain"]
+        self.bcfg = self.cfg.extra["buffer"]
+        if self.rcfg.threads > 0:
+            torch.set_num_threads(self.rcfg.threads)  # leave the other cores to inference
+        self.device = self.rcfg.device
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.run_dir = Path(spec.run_dir or ".")
+        self.models_dir = self.run_dir / "models"
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.arbiter = ComputeArbiter(self.rcfg.share, self.rcfg.share_window_s, self.rcfg.max_backlog)
+        self.settings = TrainSettings.from_config(self.rcfg)
+        self.states: dict[str, ModalityState] = {}
+        self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
+        self.drops = DropCounter(self.name)
+        self.published: list[Message] = []  # what was announced (tests and logs read it)
+        self.rejected_runs = 0
+        self._denied_since: float | None = None
+        self._last_publish = 0.0
+        self._pub: zmq.Socket | None = None
+        for modality in ("vision", "text"):
+            if buffer_path(self.bcfg, self.run_dir, modality).exists() or self._head_files(modality):
+                self._state(modality)
+
+    # ------------------------------------------------------------------ files
+    def _prefix(self, modality: str) -> str:
+        return "" if modality == "vision" else f"{modality}-"
+
+    def _head_path(self, modality: str, version: int, kind: str = "head") -> Path:
+        return self.models_dir / f"{self._prefix(modality)}{kind}-v{version}.pt"
+
+    def _head_files(self, modality: str, kind: str = "head") -> dict[int, Path]:
+        pat = re.compile(rf"^{re.escape(self._prefix(modality))}{kind}-v(\d+)\.pt$")
+        out = {}
+        for p in self.models_dir.glob("*.pt"):
+            mt = pat.match(p.name)
+            if mt:
+                out[int(mt.group(1))] = p
+        return out
+
+    def _initial_base(self, modality: str) -> tuple[ClassifierHead | None, HeadMeta | None, str | None]:
+        """The base head infer starts from (``infer.head`` / ``infer.text_head``)."""
+        choice = getattr(self.cfg.infer, "head" if modality == "vision" else "text_head", "none")
+        if choice == "none":
+            return None, None, None
+        if choice == "imagenet":
+            if modality != "vision":
+                raise ValueError("infer.text_head cannot be 'imagenet'")
+            from remembrall.models.backbone import VisionBackbone
+
+            head, meta = VisionBackbone(device="cpu").imagenet_head()
+            return head, meta, None
+        head, meta = load_head(choice)
+        return head, meta, str(Path(choice).resolve())
+
+    def _state(self, modality: str) -> ModalityState:
+        if modality in self.states:
+            return self.states[modality]
+        st = ModalityState(modality, updater=BaseUpdater(self.rcfg.reptile_eps_min, self.rcfg.reptile_eps_max,
+                                                        self.rcfg.reptile_ewma))
+        self.states[modality] = st
+        # base: the newest Reptile-updated base, else what infer starts from
+        for version, path in sorted(self._head_files(modality, "base").items(), reverse=True):
+            try:
+                st.base, st.base_meta = load_head(path)
+                st.base_path = str(path)
+                st.updater.load_state(st.base_meta.extra.get("reptile", {}))
+                break
+            except CheckpointError as exc:
+                log.error("%s: skipping base checkpoint v%d: %s", self.name, version, exc)
+        if st.base is None:
+            st.base, st.base_meta, st.base_path = self._initial_base(modality)
+        # specialized: what current.json names, else the newest loadable checkpoint
+        heads = self._head_files(modality)
+        st.next_version = max(heads, default=0) + 1
+        current = self._read_current(modality)
+        order = ([current] if current in heads else []) + sorted(heads, reverse=True)
+        for version in order:
+            try:
+                st.serving, st.serving_meta = load_head(heads[version])
+                st.history = [v for v in sorted(heads) if v <= version]
+                break
+            except CheckpointError as exc:
+                log.error("%s: cannot serve checkpoint v%d: %s", self.name, version, exc)
+        # labels in the buffer newer than the serving head: a run was lost (crash) or never made
+        path = buffer_path(self.bcfg, self.run_dir, modality)
+        if path.exists():
+            try:
+                mem = ReplayMemory.load(path)
+                st.labels_total = mem.seen
+                trained = int(st.serving_meta.extra.get("trained_seen", 0)) if st.serving_meta else 0
+                st.resume = mem.seen > trained and len(mem) >= 1
+            except ReplayError as exc:
+                log.error("%s: %s (buffer will rebuild or fail it)", self.name, exc)
+        if st.serving is not None:
+            log.info("%s: resuming %s head v%d", self.name, modality, st.serving_meta.version)
+        return st
+
+    def _read_current(self, modality: str) -> int | None:
+        import json
+
+        for name in (f"current-{modality}.json", "current.json"):
+            p = self.models_dir / name
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("modality", "vision") == modality \
+                    and isinstance(data.get("version"), int):
+                return int(data["version"])
+        return None
+
+    # ------------------------------------------------------------------ announcements
+    def _announcement(self, st: ModalityState, rollback: bool = False) -> Message | None:
+        if st.serving is None or st.serving_meta is None:
+            return None
+        version = st.serving_meta.version
+        fields: dict[str, Any] = {
+            "version": version, "path": str(self._head_path(st.modality, version).resolve()),
+            "classes": list(st.serving_meta.classes), "val_accuracy": st.serving_meta.val_accuracy,
+            "rollback": rollback, "modality": st.modality,
+        }
+        if st.base_path and st.base_meta is not None:
+            fields["base_path"] = str(Path(st.base_path).resolve())
+            fields["base_version"] = int(st.base_meta.version)
+        return Message("model_ready", stream="", fields=fields)
+
+    def _publish(self, msg: Message, record: bool = True) -> None:
+        if self._pub is not None:
+            self.send(self._pub, msg, block=False)
+        if record:
+            self.published.append(msg)
+
+    def _write_current(self, st: ModalityState, fields: dict[str, Any] | None) -> None:
+        for name in (f"current-{st.modality}.json", "current.json"):
+            p = self.models_dir / name
+            if fields is None:
+                p.unlink(missing_ok=True)
+            else:
+                atomic_write_json(p, {k: v for k, v in fields.items() if k != "classes"})
+
+    def _republish(self) -> None:
+        now = time.monotonic()
+        if now - self._last_publish < self.rcfg.republish_s:
+            return
+        self._last_publish = now
+        for st in self.states.values():
+            msg = self._announcement(st)
+            if msg is not None:
+                self._publish(msg, record=False)
+
+    # ------------------------------------------------------------------ inputs
+    def on_labelled(self, msg: Message) -> None:
+        try:
+            view = check_sample(msg, need_label=True)
+        except BadSample as exc:
+            self.drops.drop(exc.reason, msg.stream, str(exc))
+            return
+        st = self._state(view.modality)
+        st.monitor.add(view.embedding)
+        split = msg.get("split", "train")
+        st.recent[view.id] = (np.array(view.embedding, np.float32), view.label, split)
+        while len(st.recent) > RECENT_LABELS:
+            st.recent.popitem(last=False)
+        st.labels_total += 1
+        st.new_labels += 1
+        m.FRAMES.labels(self.name, msg.stream).inc()
+
+    def on_control(self, msg: Message) -> None:
+        if msg.kind != "rollback":
+            self.drops.drop("unexpected_kind", msg.stream, f"kind {msg.kind!r} on the control input")
+            return
+        modality = msg.get("modality", "vision")
+        st = self.states.get(modality)
+        if st is None or not st.history:
+            log.warning("%s: rollback asked, but no %s version to roll back from", self.name, modality)
+            return
+        if st.run is not None:
+            st.run.stop("rollback")
+            st.run = None  # its baseline was the head being rolled back
+        target = msg.get("to_version")
+        current = st.history.pop()
+        if isinstance(target, int) and target in st.history:
+            while st.history and st.history[-1] != target:
+                st.history.pop()
+        while st.history:
+            try:
+                st.serving, st.serving_meta = load_head(self._head_path(modality, st.history[-1]))
+                break
+            except CheckpointError as exc:
+                log.error("%s: cannot roll back to v%d: %s", self.name, st.history.pop(), exc)
+        if not st.history:
+            st.serving, st.serving_meta = None, None
+        announce = self._announcement(st, rollback=True)
+        self._write_current(st, announce.fields if announce else None)
+        to = st.serving_meta.version if st.serving_meta else 0
+        log.warning("%s: rolled %s back from v%d to %s", self.name, modality, current,
+                    f"v{to}" if st.serving_meta else "the base head")
+        m.MODEL_VERSION.labels(self.name, "").set(to)
+        fields = dict(announce.fields) if announce else {"modality": modality, "version": 0}
+        fields["to_version"] = to
+        self._publish(Message("rollback", stream="", fields=fields))
+
+    # ------------------------------------------------------------------ training
+    def _should_start(self, st: ModalityState, draining: bool) -> bool:
+        r = self.rcfg
+        if st.run is not None or time.monotonic() < st.retry_at or st.labels_total < r.min_labels:
+            return False
+        if st.resume or st.new_labels >= r.every_labels:
+            return True
+        if draining:
+            return st.new_labels > 0
+        drift = st.monitor.drift_from(st.scene_at_last_run)
+        return drift >= r.drift_trigger and st.new_labels >= max(4, r.every_labels // 4)
+
+    def _dataset(self, st: ModalityState) -> tuple[np.ndarray, list[str], np.ndarray, list[str], int] | None:
+        path = buffer_path(self.bcfg, self.run_dir, st.modality)
+        mem: ReplayMemory | None = None
+        if path.exists():
+            try:
+                mem = ReplayMemory.load(path)
+            except ReplayError as exc:
+                log.error("%s: cannot train from the buffer: %s", self.name, exc)
+                return None
+        xs, ys = (mem.dataset("train") if mem else (np.zeros((0, 0), np.float32), []))
+        xv, yv = (mem.dataset("holdout") if mem else (np.zeros((0, 0), np.float32), []))
+        held = set(mem.train.ids) | set(mem.holdout.ids) if mem else set()
+        extra: dict[str, list[Any]] = {"train": [], "holdout": []}
+        for sid, (emb, label, split) in st.recent.items():
+            if sid not in held and split in extra:
+                extra[split].append((emb, label))
+        dim = xs.shape[1] if len(ys) else (xv.shape[1] if len(yv) else None)
+        if dim is None and (extra["train"] or extra["holdout"]):
+            dim = (extra["train"] or extra["holdout"])[0][0].shape[0]
+        if dim is None:
+            return None
+        xs, ys = self._merge(xs, ys, extra["train"], dim)
+        xv, yv = self._merge(xv, yv, extra["holdout"], dim)
+        seen = max(mem.seen if mem else 0, st.labels_total)
+        return xs, ys, xv, yv, seen
+
+    @staticmethod
+    def _merge(x: np.ndarray, y: list[str], extra: list[tuple[np.ndarray, str]], dim: int
+               ) -> tuple[np.ndarray, list[str]]:
+        if x.size == 0:
+            x = np.zeros((0, dim), np.float32)
+        if not extra:
+            return x, list(y)
+        ok = [(e, lab) for e, lab in extra if e.shape[0] == dim]
+        if not ok:
+            return x, list(y)
+        return np.concatenate([x, np.stack([e for e, _ in ok])]), list(y) + [lab for _, lab in ok]
+
+    def _start(self, st: ModalityState) -> None:
+        data = self._dataset(st)
+        if data is None:
+            st.retry_at = time.monotonic() + 2.0
+            return
+        xs, ys, xv, yv, seen = data
+        if not ys or not yv:
+            log.info("%s: %d training and %d held-out %s samples: waiting for more before retraining",
+                     self.name, len(ys), len(yv), st.modality)
+            st.retry_at = time.monotonic() + 2.0
+            return
+        start = st.serving if st.serving is not None else st.base
+        if start is not None and start.in_dim != xs.shape[1]:
+            log.error("%s: the %s head takes %d-d embeddings but samples are %d-d; not retraining",
+                      self.name, st.modality, start.in_dim, xs.shape[1])
+            st.retry_at = time.monotonic() + 30.0
+            return
+        ref = st.monitor.mean()
+        st.run = TrainingRun(start, xs, ys, xv, yv, self.settings, drift=lambda: st.monitor.drift_from(ref),
+                             device=self.device)
+        st.run_seen, st.run_started = seen, time.monotonic()
+        st.scene_at_last_run = ref
+        st.new_labels, st.resume = 0, False
+        m.RETRAIN_RUNS.labels(self.name, "").inc()
+        log.info("%s: training run started for %s v%d: %d train / %d held-out samples, %d classes, "
+                 "serving accuracy %.3f", self.name, st.modality, st.next_version, len(ys), len(yv),
+                 len(st.run.classes), st.run.baseline_accuracy)
+
+    def _step(self, st: ModalityState, draining: bool) -> bool:
+        """Run one slice if the arbiter allows; True when compute was used."""
+        run = st.run
+        assert run is not None
+        if not draining and not self.arbiter.acquire():
+            now = time.monotonic()
+            if self.arbiter.last_denial == "backlog":
+                self._denied_since = self._denied_since or now
+                if now - self._denied_since >= self.rcfg.preempt_s:
+                    run.stop("preempted")
+            return False
+        self._denied_since = None
+        try:
+            run.step_slice()
+        finally:
+            if not draining:
+                self.arbiter.release()
+        return True
+
+    def _finish(self, st: ModalityState) -> None:
+        run = st.run
+        assert run is not None
+        st.run = None
+        res = run.result()
+        m.RETRAIN_SECONDS.labels(self.name, "").observe(res.compute_seconds)
+        last = res.history[-1]["val_accuracy"] if res.history else float("nan")
+        summary = (f"{res.steps} steps, stop: {res.stop_reason}, held-out accuracy: best {res.val_accuracy:.3f}, "
+                   f"last {last:.3f}, serving {res.baseline_accuracy:.3f}; {res.compute_seconds:.2f} s compute")
+        if not res.accepted:
+            self.rejected_runs += 1
+            log.warning("%s: %s run rejected (%s); the serving head stays", self.name, st.modality, summary)
+            return
+        version = st.next_version
+        path = self._head_path(st.modality, version)
+        parent = st.serving_meta.version if st.serving_meta else (st.base_meta.version if st.base_meta else None)
+        meta = HeadMeta(classes=res.classes, in_dim=res.head.in_dim, version=version, parent_version=parent,
+                        kind="specialized", val_accuracy=res.val_accuracy, created=time.time(),
+                        extra={"stop_reason": res.stop_reason, "steps": res.steps, "modality": st.modality,
+                               "baseline_accuracy": res.baseline_accuracy, "trained_seen": st.run_seen})
+        try:
+            save_head(path, res.head, meta)
+            head, meta = load_head(path)  # what infer will load: check it before announcing
+        except (CheckpointError, OSError, ValueError) as exc:
+            log.error("%s: checkpoint v%d failed its check and is not announced: %s", self.name, version, exc)
+            path.unlink(missing_ok=True)
+            self.rejected_runs += 1
+            return
+        st.next_version = version + 1
+        st.serving, st.serving_meta = head, meta
+        st.history.append(version)
+        if self.rcfg.reptile:
+            self._update_base(st, head, version)
+        announce = self._announcement(st)
+        assert announce is not None
+        self._write_current(st, announce.fields)
+        self._publish(announce)
+        self._last_publish = time.monotonic()
+        m.MODEL_VERSION.labels(self.name, "").set(version)
+        log.info("%s: %s head v%d accepted and announced (%s)", self.name, st.modality, version, summary)
+        self._prune(st)
+
+    def _update_base(self, st: ModalityState, spec: ClassifierHead, version: int) -> None:
+        try:
+            new_base, eps = st.updater.update(st.base, spec, st.monitor.mean())
+        except ValueError as exc:
+            log.error("%s: no base update: %s", self.name, exc)
+            return
+        meta = HeadMeta(classes=new_base.classes, in_dim=new_base.in_dim, version=version,
+                        parent_version=st.base_meta.version if st.base_meta else None, kind="base",
+                        created=time.time(), extra={"reptile": st.updater.state(), "eps": eps,
+                                                    "modality": st.modality})
+        path = self._head_path(st.modality, version, "base")
+        try:
+            save_head(path, new_base, meta)
+        except (OSError, ValueError) as exc:
+            log.error("%s: cannot write base v%d: %s", self.name, version, exc)
+            return
+        st.base, st.base_meta, st.base_path = new_base, meta, str(path)
+        log.info("%s: base head moved toward v%d with step %.3f", self.name, version, eps)
+
+    def _prune(self, st: ModalityState) -> None:
+        keep = self.rcfg.keep_versions
+        for kind in ("head", "base"):
+            files = self._head_files(st.modality, kind)
+            for version in sorted(files)[:-keep]:
+                files[version].unlink(missing_ok=True)
+        st.history = [v for v in st.history if self._head_path(st.modality, v).exists()]
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> int:
+        inp = self.socket("labelled")
+        # control sockets: nothing worth waiting for at exit (a SUB whose peer is gone would
+        # otherwise hold the context open for the whole linger period with its subscription)
+        self._pub = self.socket("model_ready", linger_ms=0)
+        load = self.socket("infer_load", linger_ms=0) if self.has("infer_load") else None
+        ctrl = self.socket("control") if self.has("control") else None
+        poller = zmq.Poller()
+        for sock in (inp, load, ctrl):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
+        draining = False
+        while True:
+            busy = any(st.run is not None for st in self.states.values())
+            # idle: wait for input; training: wait only as long as the arbiter says a lease is away
+            wait_s = min(0.05, self.arbiter.seconds_until_possible()) if busy and not draining else 0.1
+            events = dict(poller.poll(0 if busy and draining else int(wait_s * 1000)))
+            for sock in (load, ctrl, inp):
+                if sock is None or sock not in events:
+                    continue
+                for _ in range(256):  # drain what is there, but keep training in between
+                    if not sock.poll(0, zmq.POLLIN):
+                        break
+                    msg = self.recv_ready(sock)
+                    if msg is None:
+                        continue
+                    if sock is load:
+                        if msg.get("event") == "infer_load" and isinstance(msg.get("backlog"), int):
+                            self.arbiter.report_load(msg.get("backlog"))
+                    elif sock is ctrl:
+                        self.on_control(msg)
+                    else:
+                        self.ends.seen(msg)
+                        if msg.kind != "eos":
+                            self.on_labelled(msg)
+            draining = draining or self.stopping or self.ends.all_ended()
+            for st in list(self.states.values()):
+                if st.run is None and not self.stopping and self._should_start(st, draining):
+                    self._start(st)
+                if st.run is not None:
+                    if self.stopping:
+                        st.run.stop("stopped")
+                    else:
+                        self._step(st, draining)
+                    if st.run.done:
+                        self._finish(st)
+            m.GPU_SHARE.labels(self.name, "").set(self.arbiter.share())
+            self._republish()
+            idle = all(st.run is None and not self._should_start(st, True) for st in self.states.values())
+            if draining and (idle or self.stopping):
+                break
+        log.info("%s: done; %d heads announced, %d runs rejected", self.name, len(self.published),
+                 self.rejected_runs)
+        return 0
