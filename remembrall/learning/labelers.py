@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from remembrall.learning.fsutil import atomic_write_bytes
+from remembrall.atomic import atomic_write_bytes
 from remembrall.pipeline.messages import Message
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from remembrall.learning.fsutil import atomic_write_bytes
+from remembrall.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
