@@ -23,10 +23,12 @@ from typing import Any
 OUT = Path(__file__).resolve().parent / "dashboards" / "remembrall.json"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
-# Label matchers for the template variables (multi-value variables expand to a regex).
-SS = 'stage=~"$stage", stream=~"$stream"'
+# Label matchers for the template variables (multi-value variables expand to a regex). Series of
+# the whole pipeline (replay buffer, retraining, served model, malformed drops) carry an empty
+# stream label, so "|" keeps them whichever streams are selected.
+SS = 'stage=~"$stage", stream=~"$stream|"'
 S = 'stage=~"$stage"'
-ST = 'stream=~"$stream"'
+ST = 'stream=~"$stream|"'
 RI = "$__rate_interval"
 
 #: Frames emitted by source stages: the series that also have a remembrall_source_connected
