@@ -160,3 +160,33 @@ def test_invalid_config_names_the_key_and_file(tmp_path, yaml_text, expected):
     assert run.wait(60) == 2
     log = run.log()
     assert expected in log and str(cfg) in log, log
+
+
+def test_predictions_published_on_a_zmq_pub_socket(tmp_path, make_video):
+    import json
+    import socket as pysocket
+
+    with pysocket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    video = make_video(tmp_path / "clip.mp4", frames=60, size=(160, 120))
+    run = Run(tmp_path / "out", "--source", str(video), *FAST, "--set", "sources.0.loop=0",
+              "--set", f"sink.pub=pub+bind:tcp://127.0.0.1:{port}")
+    try:
+        got = []
+        deadline = time.monotonic() + 60
+        while len(got) < 10 and time.monotonic() < deadline:
+            if sub.poll(500):
+                got.append(json.loads(sub.recv_string()))
+        assert len(got) == 10, run.log()
+        assert all(r["stream"] == "cam0" and "pred" in r for r in got)
+        seqs = [r["seq"] for r in got]
+        assert seqs == sorted(seqs)
+    finally:
+        run.stop()
+        sub.close(0)
+        ctx.term()

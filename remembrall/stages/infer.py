@@ -58,12 +58,7 @@ class InferStage(Stage):
         if "text" in self.modalities:
             from remembrall.models.text_encoder import TextEncoder
 
-            tcfg = self.cfg.extra.get("text")
-            kwargs = {"device": icfg.device}
-            for key in ("max_tokens", "batch_size"):
-                if tcfg is not None and hasattr(tcfg, key):
-                    kwargs[key] = getattr(tcfg, key)
-            self.encoders["text"] = TextEncoder(**kwargs)
+            self.encoders["text"] = TextEncoder.from_config(self.cfg.extra["text"], icfg.device, icfg.threads)
         self.heads = HeadServer(self.device, {k: enc.dim for k, enc in self.encoders.items()})
         self._load_base_heads()
         self.queue: deque[Message] = deque()
@@ -76,6 +71,9 @@ class InferStage(Stage):
         self._busy_s = 0.0
         self._busy_since = time.monotonic()
         self._announced: set[tuple[str, str, int]] = set()
+        # the oracle labeler reads labels from the stream: samples need no pixels then
+        label_cfg = self.cfg.extra.get("label")
+        self._sample_images = label_cfg is None or label_cfg.labeler != "oracle"
 
     # ------------------------------------------------------------------ setup
     def _load_base_heads(self) -> None:
@@ -314,7 +312,7 @@ class InferStage(Stage):
                     sample_fields = dict(fields)
                     sample_fields.pop("top", None)
                     arrays = [emb_np[i], probs_np[i] if probs is not None else np.zeros(0, np.float32)]
-                    if modality == "vision":
+                    if modality == "vision" and self._sample_images:
                         arrays.append(msg.arrays[0])
                     else:
                         sample_fields["text"] = msg.get("text")
