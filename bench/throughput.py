@@ -1,0 +1,433 @@
+"""Throughput of the video path: each stage alone, the whole multi-process pipeline, the transport.
+
+    python -m bench.throughput --json out/throughput.json [--video FILE] [--smoke]
+
+Measured in one run, warm-up excluded, on ``builtin:vtest`` (opencv-doc's vtest.avi; set
+``$REMEMBRALL_OPENCV_DATA``) or, where it is absent, a generated 720p H.264 clip:
+
+- ``decode_fps``: ``open_source`` with the pipeline's decode config (resize in the decoder), alone.
+- ``infer_fps``: ``VisionBackbone.embed`` + base head + softmax/entropy/top-k on batches of
+  ``infer.batch_size`` frames already decoded in memory: the ceiling of the slowest stage.
+- ``pipeline_fps``: ``remembrall run`` as a subprocess on the same video and config. Timed at the
+  sink: the benchmark tails ``predictions.jsonl`` (flushed every ``sink.flush_every`` lines and at
+  end of stream) and divides the predictions written between the first flush and the last line by
+  the time between them, so process start-up and model load are excluded. Tailing a file costs
+  nothing in the pipeline; scraping ``/metrics`` at 10 Hz would cost CPU in the supervisor.
+- ``transport_fps`` / ``raw_zmq_fps``: 1920×1080×3 uint8 frames between two processes over
+  PUSH/PULL ``ipc://``: ours through ``Stage.send``/``Stage.recv`` (encode + validate + decode),
+  raw pyzmq as in its ``send_array`` example (JSON metadata + zero-copy buffer). Same HWM and
+  maximum message size on both; rounds alternate so machine load hits both alike.
+
+``loadavg`` before/after each measurement and the CPU seconds each pipeline process used are in
+the JSON, so a low efficiency can be traced to CPU contention on a small machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import Rate, loadavg_1m, machine, measure_rate, print_table, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+TRANSPORT_SHAPE = (1080, 1920, 3)
+#: Tiny frames and batches so ``--smoke`` exercises every code path in a few seconds.
+SMOKE_SETS = ["decode.width=64", "decode.height=64", "infer.image_size=64", "infer.batch_size=4",
+              "sink.flush_every=4"]
+
+
+# ---------------------------------------------------------------------------------------- video
+def generate_video(path: Path, frames: int, width: int = 1280, height: int = 720, fps: int = 30) -> Path:
+    """Encode a moving synthetic scene as H.264 (used where vtest.avi is not installed)."""
+    import av
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (height, width * 2, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast"}
+        for i in range(frames):
+            img = texture[:, (i * 8) % width:(i * 8) % width + width].copy()
+            cx, cy = (i * 13) % width, height // 2
+            img[((xx - cx) ** 2 + (yy - cy) ** 2) < 80 ** 2] = (255, 40, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def pick_video(arg: str | None, tmp: Path, smoke: bool) -> tuple[Path, str]:
+    if arg:
+        path = Path(arg)
+        if not path.is_file():
+            raise SystemExit(f"bench.throughput: --video {arg}: no such file")
+        return path, str(path)
+    if smoke:  # small and quick: the smoke test checks the machinery, not the figures
+        return generate_video(tmp / "smoke.mp4", 24, 160, 120), "generated 160x120 h264, 24 frames"
+    from remembrall.io.builtin import list_builtins
+
+    vtest = list_builtins().get("vtest")
+    if vtest is not None:
+        return vtest, f"builtin:vtest ({vtest})"
+    print("vtest.avi not found (install opencv-doc, set REMEMBRALL_OPENCV_DATA); generating a 720p clip",
+          flush=True)
+    return generate_video(tmp / "gen720p.mp4", 300), "generated 1280x720 h264, 300 frames"
+
+
+def load_cfg(config: str, video: Path, sets: list[str]) -> Any:
+    from remembrall.cli import _parse_set
+    from remembrall.config import load_config
+
+    cfg = load_config(config, _parse_set(sets))
+    cfg.sources[0].uri = str(video)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------- decode
+def bench_decode(cfg: Any, seconds: float) -> Rate:
+    """Frames/s of the decoder alone, looping the file so the run lasts ``seconds``."""
+    from remembrall.io.video import open_source
+
+    dec = cfg.decode
+    src = open_source(replace(cfg.sources[0], loop=0), dec.width, dec.height, threads=dec.threads,
+                      max_decode_errors=dec.max_decode_errors)
+    frames = iter(src)
+    try:
+        def step() -> int:
+            next(frames)
+            return 1
+        return measure_rate(step, seconds=seconds, warmup_s=min(0.5, seconds / 4), min_items=10)
+    finally:
+        src.close()
+
+
+def decoded_frames(cfg: Any, count: int) -> np.ndarray:
+    from remembrall.io.video import open_source
+
+    dec = cfg.decode
+    src = open_source(replace(cfg.sources[0], loop=0), dec.width, dec.height, threads=dec.threads)
+    try:
+        out = []
+        for frame in src:
+            out.append(frame.image)
+            if len(out) >= count:
+                break
+    finally:
+        src.close()
+    return np.stack(out)
+
+
+# ---------------------------------------------------------------------------------------- infer
+def bench_infer(cfg: Any, seconds: float) -> Rate:
+    """Frames/s of the infer stage's work alone: what ``InferStage._process`` computes per batch."""
+    import torch
+
+    from remembrall.models.backbone import VisionBackbone
+    from remembrall.stages.infer import entropy
+
+    icfg = cfg.infer
+    backbone = VisionBackbone(icfg.device, icfg.half, icfg.image_size, icfg.threads)
+    head, _meta = backbone.imagenet_head()
+    head = head.to(backbone.device)
+    size = icfg.batch_size
+    pool = decoded_frames(cfg, size * 4)
+    pos = 0
+
+    def step() -> int:
+        nonlocal pos
+        idx = [(pos + i) % len(pool) for i in range(size)]
+        pos += size
+        batch = np.stack([pool[i] for i in idx])  # the stage stacks per-message arrays too
+        emb = backbone.embed(batch)
+        with torch.no_grad():
+            probs = torch.softmax(head(emb).float(), dim=1)
+        entropy(probs).cpu().numpy()
+        top_p, top_i = probs.topk(min(icfg.topk, probs.shape[1]), dim=1)
+        top_p.cpu().numpy(), top_i.cpu().numpy(), emb.cpu().numpy()
+        return size
+
+    return measure_rate(step, seconds=seconds, warmup_s=min(2.0, seconds / 2), min_items=size)
+
+
+# ---------------------------------------------------------------------------------------- pipeline
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout: float) -> dict[str, Any]:
+    """Run ``remembrall run`` on ``video`` and time it at the sink (see the module docstring)."""
+    out = tmp / "pipeline"
+    cmd = [sys.executable, "-m", "remembrall", "run", config, "--source", str(video), "--out", str(out),
+           "--metrics-port", "0"]
+    for s in sets:
+        cmd += ["--set", s]
+    log_path = tmp / "pipeline.log"
+    preds = out / "predictions.jsonl"
+    samples: list[tuple[float, int]] = []
+    cpu: dict[str, float] = {}
+    stage_pids: dict[str, int] = {}
+    lines, offset = 0, 0
+    t_launch = time.perf_counter()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, REMEMBRALL_LOG_FORMAT="text"))
+        try:
+            while True:
+                done = proc.poll() is not None
+                now = time.perf_counter()
+                if now - t_launch > timeout:
+                    raise RuntimeError(f"the pipeline did not finish within {timeout:.0f} s (log: {log_path})")
+                if not stage_pids:
+                    try:
+                        st = json.loads((out / "status.json").read_text())
+                        stage_pids = {f"{n} ({s['type']})": s["pid"] for n, s in st["stages"].items() if s["pid"]}
+                    except (OSError, ValueError, KeyError):
+                        pass
+                for name, pid in list(stage_pids.items()) + [("supervisor", proc.pid)]:
+                    c = _cpu_seconds(pid)
+                    if c is not None:
+                        cpu[name] = c
+                if preds.exists():
+                    with preds.open("rb") as fh:
+                        fh.seek(offset)
+                        chunk = fh.read()
+                    nl = chunk.rfind(b"\n") + 1  # count complete lines only
+                    lines += chunk[:nl].count(b"\n")
+                    offset += nl
+                    if lines and (not samples or lines != samples[-1][1]):
+                        samples.append((now, lines))  # each new flush the sink made
+                if done:
+                    break
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    wall = time.perf_counter() - t_launch
+    if proc.returncode != 0:
+        raise RuntimeError(f"remembrall run exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+    if len(samples) < 2:
+        raise RuntimeError(f"too few sink observations ({samples}) to time the pipeline; log: {log_path}")
+    (t0, n0), (t1, n1) = samples[0], samples[-1]
+    first_output = t0 - t_launch
+    return {
+        "fps": (n1 - n0) / (t1 - t0),
+        "frames": n1,
+        "timed_frames": n1 - n0,
+        "timed_s": round(t1 - t0, 3),
+        "startup_s": round(first_output, 3),
+        "wall_s": round(wall, 3),
+        "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+        "command": " ".join(cmd),
+    }
+
+
+# ---------------------------------------------------------------------------------------- transport
+def _frames() -> list[np.ndarray]:
+    return [np.full(TRANSPORT_SHAPE, i * 50, np.uint8) for i in range(4)]
+
+
+def _ours_sender(endpoint: str, seconds: float) -> None:
+    from remembrall.pipeline.messages import Message
+    from remembrall.pipeline.runtime import Stage, StageSpec
+
+    stage = Stage(StageSpec(name="bench-tx", type="bench", outputs={"out": endpoint}))
+    sock = stage.socket("out")
+    frames = _frames()
+    end = time.perf_counter() + seconds
+    seq = 0
+    while time.perf_counter() < end:
+        stage.send(sock, Message("frame", stream="bench", seq=seq, pts=seq / 30, arrays=[frames[seq % 4]]))
+        seq += 1
+    stage.send(sock, Message("eos", stream="bench", seq=seq))
+    stage.close()
+
+
+def _raw_sender(endpoint: str, seconds: float) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 64)
+    sock.setsockopt(zmq.MAXMSGSIZE, 64 << 20)
+    sock.connect(endpoint)
+    frames = _frames()
+    end = time.perf_counter() + seconds
+    seq = 0
+    while time.perf_counter() < end:
+        a = frames[seq % 4]
+        sock.send_json({"dtype": str(a.dtype), "shape": a.shape, "seq": seq}, zmq.SNDMORE)
+        sock.send(a, copy=False)
+        seq += 1
+    sock.send_json({"end": True})
+    sock.close(linger=-1)
+    ctx.term()
+
+
+def _receive(kind: str, endpoint: str, warmup_s: float) -> Rate:
+    """Receive until the end marker; count what arrived after ``warmup_s`` of traffic."""
+    import zmq
+
+    if kind == "ours":
+        from remembrall.pipeline.runtime import Stage, StageSpec
+
+        stage = Stage(StageSpec(name="bench-rx", type="bench", inputs={"in": "pull+bind:" + endpoint}))
+        sock = stage.socket("in")
+
+        def recv() -> tuple[bool, np.ndarray | None, int]:
+            while True:
+                msg = stage.recv(sock, 1000)
+                if msg is not None:
+                    break
+            if msg.kind == "eos":
+                return True, None, 0
+            return False, msg.arrays[0], msg.seq
+    else:
+        stage = None
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.RCVHWM, 64)
+        sock.setsockopt(zmq.MAXMSGSIZE, 64 << 20)
+        sock.bind(endpoint)
+
+        def recv() -> tuple[bool, np.ndarray | None, int]:
+            md = sock.recv_json()
+            if md.get("end"):
+                return True, None, 0
+            buf = sock.recv(copy=False)
+            return False, np.frombuffer(buf.buffer, dtype=md["dtype"]).reshape(md["shape"]), md["seq"]
+
+    try:
+        t_first = t_count = None
+        counted, t_last = 0, 0.0
+        while True:
+            end, arr, seq = recv()
+            now = time.perf_counter()
+            if end:
+                break
+            if arr.shape != TRANSPORT_SHAPE or arr[540, 960, 0] != (seq % 4) * 50:
+                raise RuntimeError(f"{kind}: frame {seq} arrived corrupted")
+            if t_first is None:
+                t_first = now
+            if t_count is None:
+                if now - t_first >= warmup_s:
+                    t_count = now  # the clock starts at this message; count those after it
+                continue
+            counted += 1
+            t_last = now
+        if t_count is None or counted == 0:
+            raise RuntimeError(f"{kind}: transport run too short to measure")
+        return Rate(counted, t_last - t_count)
+    finally:
+        if stage is not None:
+            stage.close()
+        else:
+            sock.close(0)
+            ctx.term()
+
+
+def bench_transport(kind: str, seconds: float, warmup_s: float, tmp: Path) -> Rate:
+    endpoint = f"ipc://{tmp}/bench-{kind}-{os.getpid()}.sock"
+    sender = _ours_sender if kind == "ours" else _raw_sender
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=sender, args=("push+connect:" + endpoint if kind == "ours" else endpoint,
+                                            seconds + warmup_s))
+    proc.start()
+    try:
+        return _receive(kind, endpoint, warmup_s)
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", required=True, help="where to write the results")
+    p.add_argument("--video", help="video file (default: builtin:vtest, else a generated 720p clip)")
+    p.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied to every measurement and to the pipeline run")
+    p.add_argument("--seconds", type=float, help="length of each measurement (default 5, smoke 0.5)")
+    p.add_argument("--rounds", type=int, help="alternating transport rounds (default 3, smoke 1)")
+    p.add_argument("--skip", action="append", default=[], choices=["transport", "decode", "infer", "pipeline"])
+    p.add_argument("--smoke", action="store_true", help="tiny video and frames, short runs: checks the machinery")
+    args = p.parse_args(argv)
+    seconds = args.seconds or (0.5 if args.smoke else 5.0)
+    rounds = args.rounds or (1 if args.smoke else 3)
+    sets = (SMOKE_SETS if args.smoke else []) + args.set
+
+    res: dict[str, Any] = {"machine": machine(), "smoke": args.smoke, "seconds_per_measurement": seconds,
+                           "config": args.config, "overrides": sets, "loadavg_1m": {}}
+    with tempfile.TemporaryDirectory(prefix="rb-thr-") as tmpname:
+        tmp = Path(tmpname)
+        video, desc = pick_video(args.video, tmp, args.smoke)
+        res["video"] = desc
+        cfg = load_cfg(args.config, video, sets)
+        res["decode_size"] = [cfg.decode.width, cfg.decode.height]
+        res["batch_size"] = cfg.infer.batch_size
+
+        if "transport" not in args.skip:
+            runs: dict[str, list[float]] = {"raw": [], "ours": []}
+            res["loadavg_1m"]["transport"] = loadavg_1m()
+            for _ in range(rounds):
+                for kind in ("raw", "ours"):
+                    runs[kind].append(bench_transport(kind, seconds, min(1.0, seconds / 2), tmp).per_s)
+            res["raw_zmq_fps"] = statistics.median(runs["raw"])
+            res["transport_fps"] = statistics.median(runs["ours"])
+            res["transport_efficiency"] = res["transport_fps"] / res["raw_zmq_fps"]
+            res["transport_rounds"] = {k: [round(v, 1) for v in vs] for k, vs in runs.items()}
+            res["transport_frame"] = "x".join(map(str, TRANSPORT_SHAPE)) + " uint8"
+        if "decode" not in args.skip:
+            res["loadavg_1m"]["decode"] = loadavg_1m()
+            res["decode_fps"] = bench_decode(cfg, seconds).per_s
+        if "infer" not in args.skip:
+            res["loadavg_1m"]["infer"] = loadavg_1m()
+            r = bench_infer(cfg, seconds * 2)
+            res["infer_fps"] = r.per_s
+            res["infer_frames"] = r.items
+        if "pipeline" not in args.skip:
+            res["loadavg_1m"]["pipeline"] = loadavg_1m()
+            run = bench_pipeline(args.config, video, sets, tmp, timeout=120 if args.smoke else 900)
+            res["pipeline_fps"] = run.pop("fps")
+            res["pipeline"] = run
+            res["loadavg_1m"]["end"] = loadavg_1m()
+            ceiling = min(res.get("decode_fps", float("inf")), res.get("infer_fps", float("inf")))
+            if ceiling != float("inf"):
+                res["pipeline_efficiency"] = res["pipeline_fps"] / ceiling
+                frames = run["frames"]
+                cpu = run["cpu_s"]
+                res["pipeline"]["cpu_ms_per_frame"] = {k: round(1000 * v / frames, 2) for k, v in cpu.items()}
+    res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    write_json(args.json, res)
+    rows = [(k, res[k]) for k in ("decode_fps", "infer_fps", "pipeline_fps", "pipeline_efficiency",
+                                  "transport_fps", "raw_zmq_fps", "transport_efficiency") if k in res]
+    rows.append(("loadavg (1/5/15 min, start)", " ".join(map(str, res["machine"]["loadavg"]))))
+    print_table(rows, header=("measure", "value"))
+    print(f"written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
