@@ -1,0 +1,527 @@
+"""Continual learning on a drifting labelled stream: does learning on the device pay, and at what cost?
+
+One drifting Fashion-MNIST stream (bench/drift_stream.py: segments that shift class priors and
+appearance) is replayed through the real pipeline (``remembrall run``, every stage its own
+process) four times, on the same label budget:
+
+* ``static``      the base head (``remembrall fit-base`` on the first, clean segment), never retrained;
+* ``uniform``     periodic retraining on uniformly sampled labels, fixed training length (Ekya-style);
+* ``remembrall``  the full system: embedding-guided sampling, S_t early stopping, drift-triggered
+  runs under a compute share, hot-swap, Reptile base update;
+* ``all_labels``  every frame labelled and retrained on (the upper bound).
+
+Accuracy is prequential: each frame's *served* prediction (``predictions.jsonl``: ``pred`` vs
+``label``), made before its label could reach the learner. Retraining compute comes from the
+retrain stage (its per-run compute seconds, the values it observes into
+``remembrall_retrain_seconds``), labels from the label stage, swap stalls from the
+``remembrall_swap_seconds`` histogram, inference speed from the infer stage's per-item compute
+time (``remembrall_stage_latency_seconds``) scraped every half second and split into intervals
+with and without a retraining run in flight.
+
+    python -m bench.continual --json out/continual.json --plot out/continual.png [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine, print_table, write_json
+from bench.drift_stream import SCHEDULE, build_stream, write_manifest_slice
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "continual-bench.yaml"
+SYSTEMS = ["static", "uniform", "remembrall", "all_labels"]
+
+#: Per-system overrides of configs/continual-bench.yaml (the config itself is the full system).
+#: ``uniform`` and ``all_labels`` retrain on a fixed cadence for a fixed number of steps: no
+#: drift trigger, no early stopping (tau and patience out of reach), no base update.
+FIXED_LENGTH = {"retrain.drift_trigger": 2.0, "retrain.tau": -1e9, "retrain.patience": 1000000,
+                "retrain.reptile": False}
+OVERRIDES: dict[str, dict[str, Any]] = {
+    "static": {"learn": False},
+    "uniform": {"select.sampler": "uniform", "select.uniform_mode": "every", **FIXED_LENGTH},
+    "remembrall": {},
+    "all_labels": {"select.sampler": "uniform", "select.rate": 1.0, **FIXED_LENGTH},
+}
+SMOKE_SCHEDULE = [("clean", "clean"), ("inverted", "invert"), ("coloured background", "colour")]
+SMOKE_OVERRIDES = {"retrain.min_labels": 8, "retrain.every_labels": 8, "select.rate": 0.2,
+                   "retrain.max_steps": 60, "buffer.holdout_every": 4}
+ROLLING = 200
+
+
+class BenchError(RuntimeError):
+    """A step of the benchmark failed; the message says which and where its log is."""
+
+
+# ------------------------------------------------------------------------------------ scraping
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text exposition → ``{sample name: [(labels, value), ...]}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
+    return out
+
+
+def metric_sum(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **match: str) -> float:
+    """Sum of a sample over every label set matching ``match``."""
+    return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == val for k, val in match.items()))
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus-style quantile from cumulative ``(upper bound, count)`` buckets; None if empty."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if math.isinf(le):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 1.0)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+class Scraper(threading.Thread):
+    """Scrapes a running pipeline's /metrics (URL from ``OUT/status.json``) every ``period`` s."""
+
+    def __init__(self, out_dir: Path, period: float = 0.5) -> None:
+        super().__init__(daemon=True, name="scraper")
+        self.out_dir, self.period = out_dir, period
+        self.scrapes: list[tuple[float, dict[str, list[tuple[dict[str, str], float]]]]] = []
+        self.done = threading.Event()
+        self.url: str | None = None
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            if self.url is None:
+                try:
+                    status = json.loads((self.out_dir / "status.json").read_text(encoding="utf-8"))
+                    self.url = status.get("metrics_url")
+                except (OSError, ValueError):
+                    pass
+            if self.url:
+                try:
+                    with urllib.request.urlopen(self.url.rstrip("/") + "/metrics", timeout=2) as resp:
+                        text = resp.read().decode("utf-8", "replace")
+                    self.scrapes.append((time.time(), parse_metrics(text)))
+                except (OSError, ValueError):
+                    pass  # not up yet, or going away at the end
+            self.done.wait(self.period)
+
+
+# ------------------------------------------------------------------------------------ running
+def run_cli(args: list[str], log_path: Path, timeout: float, out_dir: Path | None = None
+            ) -> tuple[int, str, Scraper | None]:
+    """Run ``python -m remembrall ARGS`` (JSON logs to ``log_path``), scraping metrics if ``out_dir``."""
+    env = dict(os.environ, REMEMBRALL_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+    scraper = Scraper(out_dir) if out_dir is not None else None
+    with log_path.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "remembrall", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+        if scraper is not None:
+            scraper.start()
+        try:
+            stdout, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)  # the supervisor drains and stops its stages
+            try:
+                stdout, _ = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                stdout, _ = proc.communicate()
+            raise BenchError(f"remembrall {args[0]} ran over {timeout:.0f} s (log: {log_path})") from None
+        finally:
+            if scraper is not None:
+                scraper.done.set()
+                scraper.join(5)
+    return proc.returncode, stdout, scraper
+
+
+def set_args(overrides: dict[str, Any]) -> list[str]:
+    out = []
+    for key, value in overrides.items():
+        out += ["--set", f"{key}={json.dumps(value)}"]
+    return out
+
+
+# ------------------------------------------------------------------------------------ analysis
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """Prediction records in stream order (one per seq; a duplicate after a restart keeps the first)."""
+    recs: dict[int, dict[str, Any]] = {}
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec.get("seq"), int):
+                recs.setdefault(rec["seq"], rec)
+    return [recs[k] for k in sorted(recs)]
+
+
+def read_logs(path: Path) -> list[dict[str, Any]]:
+    out = []
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and "msg" in entry:
+                out.append(entry)
+    return out
+
+
+_COMPUTE = re.compile(r"([0-9.]+) s compute")
+_LABELLED = re.compile(r"labelled (\d+) samples")
+
+
+@dataclass
+class RetrainRun:
+    start: float
+    end: float | None = None
+    compute_s: float = 0.0
+    accepted: bool = False
+
+
+@dataclass
+class Retrains:
+    runs: list[RetrainRun] = field(default_factory=list)
+    labels_used: int | None = None
+
+
+def parse_retrains(logs: list[dict[str, Any]]) -> Retrains:
+    """Retraining runs (wall interval, compute seconds, accepted?) and labels used, from stage logs."""
+    out = Retrains()
+    open_run: RetrainRun | None = None
+    for e in logs:
+        msg, comp = e["msg"], e.get("component", "")
+        if comp == "retrain" and "training run started" in msg:
+            open_run = RetrainRun(start=float(e["ts"]))
+            out.runs.append(open_run)
+        elif comp == "retrain" and ("accepted and announced" in msg or "run rejected" in msg):
+            m = _COMPUTE.search(msg)
+            run = open_run or RetrainRun(start=float(e["ts"]))
+            if open_run is None:
+                out.runs.append(run)
+            run.end, run.accepted = float(e["ts"]), "accepted" in msg
+            run.compute_s = float(m.group(1)) if m else 0.0
+            open_run = None
+        elif comp == "label":
+            m = _LABELLED.search(msg)
+            if m:
+                out.labels_used = (out.labels_used or 0) + int(m.group(1))
+    return out
+
+
+def prequential(recs: list[dict[str, Any]]) -> tuple[list[int], list[bool]]:
+    seqs, correct = [], []
+    for r in recs:
+        if r.get("label") is not None:
+            seqs.append(int(r["seq"]))
+            correct.append(r.get("pred") == r["label"])
+    return seqs, correct
+
+
+def rolling(values: list[bool], window: int) -> list[float]:
+    out, acc = [], 0
+    for i, v in enumerate(values):
+        acc += int(v)
+        if i >= window:
+            acc -= int(values[i - window])
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def swap_gaps(recs: list[dict[str, Any]], total: int, around: int = 64) -> tuple[list[int], int, int]:
+    """Swap points (seq where the served version changes), frames missing near swaps, missing in all."""
+    have = {int(r["seq"]) for r in recs}
+    missing = [s for s in range(total) if s not in have]
+    swaps = [int(b["seq"]) for a, b in zip(recs, recs[1:], strict=False)
+             if b.get("model_version") != a.get("model_version")]
+    near = sum(1 for s in missing if any(abs(s - w) <= around for w in swaps))
+    return swaps, near, len(missing)
+
+
+def infer_fps(scrapes: list[tuple[float, dict]], runs: list[RetrainRun], stage: str = "infer"
+              ) -> dict[str, float | None]:
+    """Inference speed in scrape intervals without / with a retraining run in flight.
+
+    ``capacity``: frames per second of infer compute (per-item compute time from
+    ``remembrall_stage_latency_seconds``: what inference could sustain); ``wall``: frames
+    inferred per wall-clock second (what the replay actually got; includes input waits).
+    """
+    busy = [(r.start, r.end if r.end is not None else math.inf) for r in runs]
+    acc = {"idle": [0.0, 0.0, 0.0], "retraining": [0.0, 0.0, 0.0]}  # frames, compute s, wall s
+    for (t0, a), (t1, b) in zip(scrapes, scrapes[1:], strict=False):
+        n = metric_sum(b, "remembrall_stage_latency_seconds_count", stage=stage) - \
+            metric_sum(a, "remembrall_stage_latency_seconds_count", stage=stage)
+        s = metric_sum(b, "remembrall_stage_latency_seconds_sum", stage=stage) - \
+            metric_sum(a, "remembrall_stage_latency_seconds_sum", stage=stage)
+        if n <= 0 or s <= 0:
+            continue  # nothing inferred (start-up, drain)
+        overlap = sum(max(0.0, min(t1, e) - max(t0, st)) for st, e in busy)
+        kind = "retraining" if overlap >= 0.5 * (t1 - t0) else ("idle" if overlap == 0 else None)
+        if kind:
+            acc[kind][0] += n
+            acc[kind][1] += s
+            acc[kind][2] += t1 - t0
+    out: dict[str, float | None] = {}
+    for kind, (n, s, w) in acc.items():
+        out[f"capacity_{kind}"] = n / s if s > 0 else None
+        out[f"wall_{kind}"] = n / w if w > 0 else None
+        out[f"seconds_{kind}"] = round(w, 1)
+    return out
+
+
+def summarize_system(name: str, out_dir: Path, log_path: Path, scraper: Scraper | None, total: int,
+                     segments: list[dict[str, Any]]) -> dict[str, Any]:
+    recs = read_predictions(out_dir / "predictions.jsonl")
+    seqs, correct = prequential(recs)
+    if not correct:
+        raise BenchError(f"{name}: no labelled prediction in {out_dir / 'predictions.jsonl'}")
+    logs = read_logs(log_path)
+    rt = parse_retrains(logs)
+    scrapes = scraper.scrapes if scraper is not None else []
+    last = scrapes[-1][1] if scrapes else {}
+    swaps, near, missing = swap_gaps(recs, total)
+    by_seq = dict(zip(seqs, correct, strict=True))
+    per_segment = {}
+    for s in segments:
+        vals = [by_seq[i] for i in range(s["start"], s["end"]) if i in by_seq]
+        per_segment[s["name"]] = round(sum(vals) / len(vals), 4) if vals else None
+    buckets = [(float(lab["le"]), v) for lab, v in last.get("remembrall_swap_seconds_bucket", [])
+               if lab.get("stage") == "infer"]
+    labels_used = rt.labels_used
+    if labels_used is None and last:
+        labels_used = int(metric_sum(last, "remembrall_frames_total", stage="label"))
+    res = {
+        "mean_accuracy": round(sum(correct) / len(correct), 4),
+        "labels_used": int(labels_used or 0),
+        "retrain_seconds": round(sum(r.compute_s for r in rt.runs), 3),
+        "retrain_seconds_metric": round(metric_sum(last, "remembrall_retrain_seconds_sum"), 3) if last else None,
+        "retrain_runs": len(rt.runs),
+        "accepted_runs": sum(r.accepted for r in rt.runs),
+        "frames": len(recs),
+        "frames_missing": missing,
+        "swaps": len(swaps),
+        "swap_frames_dropped": near,
+        "swap_stall_ms_p99": (round(q * 1000, 4) if (q := histogram_quantile(0.99, buckets)) is not None
+                              else None),
+        "swap_seconds_count": int(max((v for lab, v in buckets if math.isinf(float(lab))), default=0)),
+        "model_versions": sorted({r.get("model_version") for r in recs if r.get("model_version") is not None}),
+        "per_segment_accuracy": per_segment,
+        "fps": infer_fps(scrapes, rt.runs),
+        "scrapes": len(scrapes),
+        "rolling": rolling(correct, ROLLING),
+        "seqs": seqs,
+    }
+    return res
+
+
+# ------------------------------------------------------------------------------------ plot
+def plot(path: Path, results: dict[str, dict[str, Any]], segments: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4.8), dpi=110)
+    styles = {"static": ("#888888", "-"), "uniform": ("#1f77b4", "-"), "remembrall": ("#d62728", "-"),
+              "all_labels": ("#2ca02c", "--")}
+    for name, res in results.items():
+        color, ls = styles.get(name, (None, "-"))
+        ax.plot(res["seqs"], res["rolling"], ls, color=color, lw=1.6,
+                label=f"{name} (mean {res['mean_accuracy']:.3f}, {res['labels_used']} labels)")
+    for s in segments:
+        ax.axvline(s["start"], color="#bbbbbb", lw=0.8)
+        ax.text(s["start"] + 8, 0.02, s["name"], rotation=90, fontsize=7, va="bottom", color="#555555")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, segments[-1]["end"])
+    ax.set_xlabel("frame")
+    ax.set_ylabel(f"prequential accuracy (rolling {ROLLING} frames)")
+    ax.set_title("Drifting Fashion-MNIST stream through the pipeline: accuracy over time")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------ main
+def prepare_stream(work: Path, frames_per_segment: int, seed: int, smoke: bool) -> dict[str, Any]:
+    """Build the stream once per (size, seed, schedule); reuse it when it is already there."""
+    schedule = SMOKE_SCHEDULE if smoke else SCHEDULE
+    stream = work / "stream"
+    info_path = stream / "segments.json"
+    want = {"seed": seed, "frames": frames_per_segment * len(schedule),
+            "names": [n for n, _ in schedule]}
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        have = {"seed": info["seed"], "frames": info["frames"], "names": [s["name"] for s in info["segments"]]}
+        if have == want and (stream / "manifest.jsonl").is_file():
+            return info
+    except (OSError, ValueError, KeyError):
+        pass
+    shutil.rmtree(stream, ignore_errors=True)
+    return build_stream(stream, size=64, frames_per_segment=frames_per_segment, seed=seed, schedule=schedule)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", required=True, type=Path, help="where to write the results")
+    p.add_argument("--plot", type=Path, help="accuracy-over-time PNG")
+    p.add_argument("--smoke", action="store_true", help="a tiny stream: checks the machinery in about a minute")
+    p.add_argument("--work", type=Path, help="working folder (stream, base head, runs); default next to --json")
+    p.add_argument("--frames-per-segment", type=int, help="default 800 (smoke: 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per pipeline run")
+    args = p.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown or not systems:
+        p.error(f"--systems: unknown {unknown}; choose from {SYSTEMS}")
+    fps = args.frames_per_segment or (100 if args.smoke else 800)
+    work = (args.work or args.json.parent / ("continual-smoke" if args.smoke else "continual-work")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    try:
+        t0 = time.perf_counter()
+        info = prepare_stream(work, fps, args.seed, args.smoke)
+        manifest = work / "stream" / "manifest.jsonl"
+        seg0 = info["segments"][0]
+        base_src = work / "base-train.jsonl"
+        write_manifest_slice(manifest, base_src, seg0["start"], seg0["end"])
+        print(f"stream: {info['frames']} frames, {len(info['segments'])} segments "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        base = work / "base-head.pt"
+        extra = SMOKE_OVERRIDES if args.smoke else {}
+        rc, out, _ = run_cli(["fit-base", str(CONFIG), "--source", str(base_src), "--output", str(base),
+                              *set_args(extra)], work / "fit-base.log", args.timeout)
+        print(out.strip(), flush=True)
+        if rc != 0:
+            raise BenchError(f"fit-base failed (exit {rc}); see {work / 'fit-base.log'}")
+        results: dict[str, dict[str, Any]] = {}
+        for name in systems:
+            out_dir = work / name
+            shutil.rmtree(out_dir, ignore_errors=True)
+            out_dir.mkdir(parents=True)
+            overrides = {"infer.head": str(base), **extra, **OVERRIDES[name]}
+            t0 = time.perf_counter()
+            rc, out, scraper = run_cli(["run", str(CONFIG), "--source", str(manifest), "--out", str(out_dir),
+                                        *set_args(overrides)], out_dir / "log.jsonl", args.timeout, out_dir)
+            wall = time.perf_counter() - t0
+            if rc != 0:
+                raise BenchError(f"{name}: remembrall run exited {rc}; see {out_dir / 'log.jsonl'}")
+            res = summarize_system(name, out_dir, out_dir / "log.jsonl", scraper, info["frames"], info["segments"])
+            res["wall_seconds"] = round(wall, 1)
+            res["overrides"] = overrides
+            results[name] = res
+            print(f"{name}: accuracy {res['mean_accuracy']:.3f}, {res['labels_used']} labels, "
+                  f"{res['retrain_runs']} runs / {res['retrain_seconds']:.1f} s retraining, {res['swaps']} swaps, "
+                  f"{wall:.0f} s", flush=True)
+    except BenchError as exc:
+        print(f"bench.continual: {exc}", file=sys.stderr)
+        return 1
+    report = assemble(results, info, machine(), started, args.smoke)
+    write_json(args.json, report)
+    if args.plot:
+        plot(args.plot, results, info["segments"])
+    print_report(report)
+    print(f"results: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
+    return 0
+
+
+def assemble(results: dict[str, dict[str, Any]], info: dict[str, Any], where: dict[str, Any], started: float,
+             smoke: bool) -> dict[str, Any]:
+    """The JSON report: per-system results (curves left out), the hot-swap/fps figures, targets."""
+    systems = {name: {k: v for k, v in res.items() if k not in ("rolling", "seqs")} for name, res in results.items()}
+    learner = results.get("remembrall") or next(iter(results.values()))
+    fps = learner["fps"]
+    swaps_src = [r for n, r in results.items() if n != "static"]
+    report: dict[str, Any] = {
+        "benchmark": "continual", "smoke": smoke, "machine": where,
+        "stream": {"frames": info["frames"], "size": info["size"], "seed": info["seed"],
+                   "segments": info["segments"]},
+        "systems": systems,
+        "infer_fps_idle": _r(fps.get("capacity_idle")),
+        "infer_fps_while_retraining": _r(fps.get("capacity_retraining")),
+        "pipeline_fps_idle": _r(fps.get("wall_idle")),
+        "pipeline_fps_while_retraining": _r(fps.get("wall_retraining")),
+        "swaps": sum(r["swaps"] for r in swaps_src),
+        "swap_frames_dropped": sum(r["swap_frames_dropped"] for r in swaps_src),
+        "swap_stall_ms_p99": max((r["swap_stall_ms_p99"] for r in swaps_src if r["swap_stall_ms_p99"] is not None),
+                                 default=None),
+        "seconds": round(time.time() - started, 1),
+    }
+    report["targets"] = targets(report)
+    return report
+
+
+def _r(x: float | None) -> float | None:
+    return round(x, 1) if x is not None else None
+
+
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, each with the measured figures and whether it was met."""
+    s = report["systems"]
+    out: dict[str, Any] = {}
+    if "remembrall" in s and "static" in s:
+        gain = s["remembrall"]["mean_accuracy"] - s["static"]["mean_accuracy"]
+        out["remembrall_vs_static_points"] = {"value": round(100 * gain, 1), "target": ">= 15", "met": gain >= 0.15}
+    if "remembrall" in s and "uniform" in s:
+        gain = s["remembrall"]["mean_accuracy"] - s["uniform"]["mean_accuracy"]
+        ru, rr = s["uniform"]["retrain_seconds"], s["remembrall"]["retrain_seconds"]
+        out["remembrall_vs_uniform_points"] = {"value": round(100 * gain, 1), "target": ">= 3", "met": gain >= 0.03}
+        out["retrain_seconds_ratio"] = {"value": round(rr / ru, 3) if ru > 0 else None, "target": "<= 0.5",
+                                        "met": ru > 0 and rr <= 0.5 * ru}
+    out["swap_frames_dropped"] = {"value": report["swap_frames_dropped"], "target": "0",
+                                  "met": report["swap_frames_dropped"] == 0 and report["swaps"] > 0}
+    idle, busy = report["infer_fps_idle"], report["infer_fps_while_retraining"]
+    out["infer_fps_ratio"] = {"value": round(busy / idle, 3) if idle and busy else None, "target": ">= 0.8",
+                              "met": bool(idle and busy and busy >= 0.8 * idle)}
+    return out
+
+
+def print_report(report: dict[str, Any]) -> None:
+    rows = []
+    for name, r in report["systems"].items():
+        rows.append([name, r["mean_accuracy"], r["labels_used"], r["retrain_runs"], r["retrain_seconds"], r["swaps"]])
+    print_table(rows, ["system", "mean_accuracy", "labels_used", "retrain_runs", "retrain_seconds", "swaps"])
+    print()
+    segs = list(next(iter(report["systems"].values()))["per_segment_accuracy"])
+    print_table([[n] + [r["per_segment_accuracy"][k] for k in segs] for n, r in report["systems"].items()],
+                ["accuracy by segment"] + segs)
+    print()
+    print_table([[k, report[k]] for k in ("infer_fps_idle", "infer_fps_while_retraining", "pipeline_fps_idle",
+                                          "pipeline_fps_while_retraining", "swaps", "swap_frames_dropped",
+                                          "swap_stall_ms_p99")], ["figure", "value"])
+    print()
+    print_table([[k, v["value"], v["target"], "yes" if v["met"] else "NO"] for k, v in report["targets"].items()],
+                ["target", "measured", "wanted", "met"])
+    print(f"machine: {report['machine']['cpus']} cpus, load {report['machine']['loadavg']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
