@@ -345,6 +345,7 @@ def _check_rules(prom: Prometheus) -> None:
 
 
 def _check_status_command(out: Path) -> None:
+    """``remembrall status`` is ``status_main`` (cli.py only forwards its arguments)."""
     from remembrall.monitoring.status import status_main
 
     buf = io.StringIO()

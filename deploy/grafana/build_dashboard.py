@@ -33,7 +33,8 @@ RI = "$__rate_interval"
 
 #: Frames emitted by source stages: the series that also have a remembrall_source_connected
 #: series. This finds the source stages whatever they are named (decode-*, text-*).
-FRAMES_IN = f"rate(remembrall_frames_total{{{ST}}}[{RI}]) and on (stage, stream) remembrall_source_connected"
+FRAMES_IN = (f"rate(remembrall_frames_total{{{ST}}}[{RI}]) "
+             "and on (job, instance, stage, stream) remembrall_source_connected")
 #: Predictions written by the sink (one end-to-end latency observation per prediction).
 FRAMES_OUT = f"rate(remembrall_end_to_end_latency_seconds_count{{{ST}}}[{RI}])"
 
