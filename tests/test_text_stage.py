@@ -194,3 +194,15 @@ def test_live_http_source_drops_on_backpressure_and_counts_bad_lines(tmp_path: P
         sock.close()  # before stage.close(): it terminates the shared context, waiting for every socket
         stage.close()
 
+
+
+def test_text_profile_config_loads_and_builds_a_text_graph(tmp_path: Path) -> None:
+    from remembrall.pipeline.graph import build_graph
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "text.yaml")
+    text = cfg.extra["text"]
+    assert (text.max_tokens, text.format, cfg.sources[0].modality) == (128, "auto", "text")
+    specs = build_graph(cfg, tmp_path / "run", tmp_path / "out")
+    assert [s.type for s in specs if s.streams == ["text0"] and s.type.endswith("decode")] == ["text_decode"]
+    infer = next(s for s in specs if s.type == "infer")
+    assert infer.params["modalities"] == ["text"]
