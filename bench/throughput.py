@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,9 @@ def decoded_frames(cfg: Any, count: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- infer
-def bench_infer(cfg: Any, seconds: float) -> Rate:
-    """Frames/s of the infer stage's work alone: what ``InferStage._process`` computes per batch."""
+def infer_bench(cfg: Any) -> Callable[[float], Rate]:
+    """Load the model once; the returned function measures frames/s of the infer stage's work alone
+    (what ``InferStage._process`` computes per batch) for a given number of seconds."""
     import torch
 
     from remembrall.models.backbone import VisionBackbone
@@ -161,7 +163,10 @@ def bench_infer(cfg: Any, seconds: float) -> Rate:
         top_p.cpu().numpy(), top_i.cpu().numpy(), emb.cpu().numpy()
         return size
 
-    return measure_rate(step, seconds=seconds, warmup_s=min(2.0, seconds / 2), min_items=size)
+    def measure(seconds: float) -> Rate:
+        return measure_rate(step, seconds=seconds, warmup_s=min(2.0, seconds / 2), min_items=size)
+
+    return measure
 
 
 # ---------------------------------------------------------------------------------------- pipeline
@@ -246,7 +251,7 @@ def _frames() -> list[np.ndarray]:
     return [np.full(TRANSPORT_SHAPE, i * 50, np.uint8) for i in range(4)]
 
 
-def _ours_sender(endpoint: str, seconds: float) -> None:
+def _ours_sender(endpoint: str, seconds: float, cpu_us: Any) -> None:
     from remembrall.pipeline.messages import Message
     from remembrall.pipeline.runtime import Stage, StageSpec
 
@@ -254,15 +259,16 @@ def _ours_sender(endpoint: str, seconds: float) -> None:
     sock = stage.socket("out")
     frames = _frames()
     end = time.perf_counter() + seconds
-    seq = 0
+    seq, c0 = 0, time.process_time()
     while time.perf_counter() < end:
         stage.send(sock, Message("frame", stream="bench", seq=seq, pts=seq / 30, arrays=[frames[seq % 4]]))
         seq += 1
+    cpu_us.value = 1e6 * (time.process_time() - c0) / max(1, seq)
     stage.send(sock, Message("eos", stream="bench", seq=seq))
     stage.close()
 
 
-def _raw_sender(endpoint: str, seconds: float) -> None:
+def _raw_sender(endpoint: str, seconds: float, cpu_us: Any) -> None:
     import zmq
 
     ctx = zmq.Context()
@@ -272,18 +278,19 @@ def _raw_sender(endpoint: str, seconds: float) -> None:
     sock.connect(endpoint)
     frames = _frames()
     end = time.perf_counter() + seconds
-    seq = 0
+    seq, c0 = 0, time.process_time()
     while time.perf_counter() < end:
         a = frames[seq % 4]
         sock.send_json({"dtype": str(a.dtype), "shape": a.shape, "seq": seq}, zmq.SNDMORE)
         sock.send(a, copy=False)
         seq += 1
+    cpu_us.value = 1e6 * (time.process_time() - c0) / max(1, seq)
     sock.send_json({"end": True})
     sock.close(linger=-1)
     ctx.term()
 
 
-def _receive(kind: str, endpoint: str, warmup_s: float) -> Rate:
+def _receive(kind: str, endpoint: str, warmup_s: float) -> tuple[Rate, float]:
     """Receive until the end marker; count what arrived after ``warmup_s`` of traffic."""
     import zmq
 
@@ -331,12 +338,13 @@ def _receive(kind: str, endpoint: str, warmup_s: float) -> Rate:
             if t_count is None:
                 if now - t_first >= warmup_s:
                     t_count = now  # the clock starts at this message; count those after it
+                    c_count = time.process_time()
                 continue
             counted += 1
-            t_last = now
+            t_last, c_last = now, time.process_time()
         if t_count is None or counted == 0:
             raise RuntimeError(f"{kind}: transport run too short to measure")
-        return Rate(counted, t_last - t_count)
+        return Rate(counted, t_last - t_count), 1e6 * (c_last - c_count) / counted
     finally:
         if stage is not None:
             stage.close()
@@ -345,20 +353,23 @@ def _receive(kind: str, endpoint: str, warmup_s: float) -> Rate:
             ctx.term()
 
 
-def bench_transport(kind: str, seconds: float, warmup_s: float, tmp: Path) -> Rate:
+def bench_transport(kind: str, seconds: float, warmup_s: float, tmp: Path) -> tuple[Rate, dict[str, float]]:
+    """Frames/s from a sender process to this one, and the CPU µs per frame each side spent."""
     endpoint = f"ipc://{tmp}/bench-{kind}-{os.getpid()}.sock"
     sender = _ours_sender if kind == "ours" else _raw_sender
     ctx = mp.get_context("spawn")
+    send_cpu = ctx.Value("d", 0.0)
     proc = ctx.Process(target=sender, args=("push+connect:" + endpoint if kind == "ours" else endpoint,
-                                            seconds + warmup_s))
+                                            seconds + warmup_s, send_cpu))
     proc.start()
     try:
-        return _receive(kind, endpoint, warmup_s)
+        rate, recv_cpu = _receive(kind, endpoint, warmup_s)
     finally:
         proc.join(30)
         if proc.is_alive():
             proc.kill()
             proc.join()
+    return rate, {"send_cpu_us": send_cpu.value, "recv_cpu_us": recv_cpu}
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -382,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
                            "config": args.config, "overrides": sets, "loadavg_1m": {}}
     with tempfile.TemporaryDirectory(prefix="rb-thr-") as tmpname:
         tmp = Path(tmpname)
-        video, desc = pick_video(args.video, tmp, args.smoke)
+        if set(args.skip) >= {"decode", "infer", "pipeline"}:
+            video, desc = Path(args.video or "-"), "none (transport only)"
+        else:
+            video, desc = pick_video(args.video, tmp, args.smoke)
         res["video"] = desc
         cfg = load_cfg(args.config, video, sets)
         res["decode_size"] = [cfg.decode.width, cfg.decode.height]
@@ -390,35 +404,52 @@ def main(argv: list[str] | None = None) -> int:
 
         if "transport" not in args.skip:
             runs: dict[str, list[float]] = {"raw": [], "ours": []}
+            cpu: dict[str, list[dict[str, float]]] = {"raw": [], "ours": []}
             res["loadavg_1m"]["transport"] = loadavg_1m()
-            for _ in range(rounds):
-                for kind in ("raw", "ours"):
-                    runs[kind].append(bench_transport(kind, seconds, min(1.0, seconds / 2), tmp).per_s)
+            for i in range(rounds):
+                for kind in (("raw", "ours") if i % 2 == 0 else ("ours", "raw")):  # ABBA: drift hits both
+                    rate, used = bench_transport(kind, seconds, min(1.0, seconds / 2), tmp)
+                    runs[kind].append(rate.per_s)
+                    cpu[kind].append(used)
             res["raw_zmq_fps"] = statistics.median(runs["raw"])
             res["transport_fps"] = statistics.median(runs["ours"])
             res["transport_efficiency"] = res["transport_fps"] / res["raw_zmq_fps"]
             res["transport_rounds"] = {k: [round(v, 1) for v in vs] for k, vs in runs.items()}
+            # ratio within each round (same load), and CPU per frame: steadier than fps on a busy machine
+            res["transport_efficiency_paired"] = statistics.median(
+                o / r for o, r in zip(runs["ours"], runs["raw"], strict=True))
+            res["transport_cpu_us_per_frame"] = {
+                k: {side: round(statistics.median(u[side] for u in used), 1) for side in used[0]}
+                for k, used in cpu.items()}
             res["transport_frame"] = "x".join(map(str, TRANSPORT_SHAPE)) + " uint8"
         if "decode" not in args.skip:
             res["loadavg_1m"]["decode"] = loadavg_1m()
             res["decode_fps"] = bench_decode(cfg, seconds).per_s
+        infer_runs: list[Rate] = []
+        measure_infer = None
         if "infer" not in args.skip:
+            import torch
+
             res["loadavg_1m"]["infer"] = loadavg_1m()
-            r = bench_infer(cfg, seconds * 2)
-            res["infer_fps"] = r.per_s
-            res["infer_frames"] = r.items
+            measure_infer = infer_bench(cfg)
+            res["infer_threads"] = torch.get_num_threads()
+            infer_runs.append(measure_infer(seconds * 2))
         if "pipeline" not in args.skip:
             res["loadavg_1m"]["pipeline"] = loadavg_1m()
             run = bench_pipeline(args.config, video, sets, tmp, timeout=120 if args.smoke else 900)
             res["pipeline_fps"] = run.pop("fps")
             res["pipeline"] = run
             res["loadavg_1m"]["end"] = loadavg_1m()
-            ceiling = min(res.get("decode_fps", float("inf")), res.get("infer_fps", float("inf")))
-            if ceiling != float("inf"):
-                res["pipeline_efficiency"] = res["pipeline_fps"] / ceiling
-                frames = run["frames"]
-                cpu = run["cpu_s"]
-                res["pipeline"]["cpu_ms_per_frame"] = {k: round(1000 * v / frames, 2) for k, v in cpu.items()}
+            if measure_infer is not None and not args.smoke:  # again: the load may have changed meanwhile
+                infer_runs.append(measure_infer(seconds * 2))
+        if infer_runs:
+            res["infer_fps"] = sum(r.items for r in infer_runs) / sum(r.seconds for r in infer_runs)
+            res["infer_runs_fps"] = [round(r.per_s, 2) for r in infer_runs]
+        if "pipeline_fps" in res:
+            run = res["pipeline"]
+            run["cpu_ms_per_frame"] = {k: round(1000 * v / run["frames"], 2) for k, v in run["cpu_s"].items()}
+            if "decode_fps" in res and "infer_fps" in res:
+                res["pipeline_efficiency"] = res["pipeline_fps"] / min(res["decode_fps"], res["infer_fps"])
     res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json(args.json, res)
     rows = [(k, res[k]) for k in ("decode_fps", "infer_fps", "pipeline_fps", "pipeline_efficiency",
