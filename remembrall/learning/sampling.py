@@ -5,9 +5,10 @@ scene is new and the model unsure (DESIGN §5):
 
 1. **Spatially balanced deduplication** (online, SCPS-style). FAISS holds the L2-normalised
    embeddings of recently *taken* items. A candidate's inclusion probability is damped by each of
-   its ``k`` nearest taken neighbours, ``p = Π_j (1 − exp(−(d_j/θ)²))`` with ``d`` the cosine
-   distance: a near-duplicate of something already labelled is almost never taken, an item far
-   from everything is always a candidate. ``θ`` adapts: it tracks a quantile of the running
+   its ``k`` nearest taken neighbours, ``p = Π_j (1 − 2^−j·exp(−(d_j/θ)²))`` with ``d_j`` the
+   cosine distance to the j-th nearest (j = 0, 1, …): a near-duplicate of something already
+   labelled is almost never taken, an item far from everything always is a candidate, and a
+   region already sampled densely damps more than one sampled once. ``θ`` adapts: it tracks a quantile of the running
    distribution of nearest-taken-neighbour distances with a slow stochastic-approximation
    (EWMA) step, floored at ``min_distance`` (sensor noise is never "new").
 2. **Entropy ranking.** Candidates collect in a window of ``window`` offers; at the window's end
@@ -130,7 +131,7 @@ class EmbeddingSampler:
         window: int = 20,
         memory: int = 512,
         k: int = 4,
-        quantile: float = 0.2,
+        quantile: float = 0.5,
         ewma: float = 0.05,
         min_distance: float = 0.02,
         bank_windows: float = 4.0,
@@ -179,7 +180,8 @@ class EmbeddingSampler:
         if distances.size == 0:
             return 1.0
         theta = max(self.threshold or self.min_distance, self.min_distance)
-        return float(np.prod(1.0 - np.exp(-((distances / theta) ** 2))))
+        weights = 0.5 ** np.arange(distances.size)  # the nearest taken neighbour counts most
+        return float(np.prod(1.0 - weights * np.exp(-((distances / theta) ** 2))))
 
     def _take(self, x: np.ndarray) -> None:
         if self._index is None:

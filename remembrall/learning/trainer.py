@@ -49,7 +49,7 @@ from remembrall.models.heads import ClassifierHead
 class TrainSettings:
     """Knobs of one retraining run (defaults match ``retrain`` in the config)."""
 
-    lr: float = 0.01
+    lr: float = 0.003
     weight_decay: float = 1e-4
     batch_size: int = 64
     steps_per_slice: int = 5

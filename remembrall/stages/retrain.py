@@ -334,7 +334,7 @@ class RetrainStage(Stage):
             st.retry_at = time.monotonic() + 2.0
             return
         xs, ys, xv, yv, seen = data
-        if not ys or not yv:
+        if not ys or len(yv) < self.rcfg.min_holdout:
             log.info("%s: %d training and %d held-out %s samples: waiting for more before retraining",
                      self.name, len(ys), len(yv), st.modality)
             st.retry_at = time.monotonic() + 2.0
