@@ -75,7 +75,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]
          [q(f"avg(remembrall_online_accuracy{{{SS}}})", "accuracy")], 4),
         ("Restarts in range", "stat", "none",
          "Stage restarts by the supervisor within the dashboard's time range.",
-         [q(f"sum(increase(remembrall_stage_restarts_total{{{S}}}[$__range]))", "restarts")], 4),
+         [q(f"sum(increase(remembrall_stage_restarts_total{{{S}}}[$__range])) or vector(0)", "restarts")], 4),
     ]),
     ("Throughput", [
         ("Frames/s in and out per stream", "timeseries", "fps",
@@ -113,7 +113,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]
          [q(f"sum by (stream) (rate(remembrall_samples_selected_total{{{SS}}}[{RI}]))", "{{stream}}")], 8),
         ("Replay buffer size", "timeseries", "none",
          "Labelled samples held in the replay buffer. Needs: buffer.",
-         [q(f"max by (stage, stream) (remembrall_buffer_size{{{SS}}})", "{{stream}}")], 8),
+         [q(f"max by (stage, stream) (remembrall_buffer_size{{{SS}}})", "{{stage}}")], 8),
         ("Retraining runs", "timeseries", "none",
          "Retraining runs started in each 5 minutes. Needs: retrain.",
          [q(f"sum by (stage) (increase(remembrall_retrain_runs_total{{{SS}}}[5m]))", "{{stage}} runs/5m")], 8),
@@ -130,8 +130,9 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]
          "Version of the head each stage serves; a step up is a hot-swap, a step down a rollback.",
          [q(f"max by (stage) (remembrall_model_version{{{SS}}})", "{{stage}}")], 8),
         ("Hot-swap pause p95", "timeseries", "s",
-         "Time the serving loop paused to swap in a new model (p95 over 30 minutes). Needs: retrain.",
-         [q(f"histogram_quantile(0.95, sum by (stage, le) (rate(remembrall_swap_seconds_bucket{{{SS}}}[30m])))",
+         "Time the serving loop paused to swap in a new model, p95 of every swap since the pipeline "
+         "started (swaps are rare: a rate window would mostly be empty). Needs: retrain.",
+         [q(f"histogram_quantile(0.95, sum by (stage, le) (remembrall_swap_seconds_bucket{{{SS}}}))",
             "{{stage}} p95")], 8),
         ("Online accuracy per stream", "timeseries", "percentunit",
          "Prequential accuracy of served predictions (running window) on streams with labels. Needs: labels.",
@@ -143,7 +144,9 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]
          [q(f"max by (stage) (remembrall_stage_up{{{S}}})", "{{stage}}")], 8),
         ("Stage restarts", "timeseries", "none",
          "Restarts by the supervisor since it started; a rising line is a crash loop.",
-         [q(f"max by (stage) (remembrall_stage_restarts_total{{{S}}})", "{{stage}}")], 8),
+         # a stage that never restarted may have no counter yet: show it at 0
+         [q(f"max by (stage) (remembrall_stage_restarts_total{{{S}}}) "
+            f"or max by (stage) (remembrall_stage_up{{{S}}}) * 0", "{{stage}}")], 8),
         ("Source connected", "state-timeline", "none",
          "1 while a source delivers, 0 while it is (re)connecting.",
          [q(f"max by (stage, stream) (remembrall_source_connected{{{SS}}})", "{{stream}}")], 8),
