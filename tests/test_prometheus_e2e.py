@@ -1,8 +1,8 @@
 """End to end: the real pipeline, scraped by a real Prometheus, queried the way Grafana would.
 
-One run of ``remembrall run configs/demo.yaml`` (its video looped, ``--set sources.0.loop=0``, so
-the test decides when it ends) and one Debian ``prometheus`` with the shipped scrape config and alert rules, both on
-127.0.0.1. Then:
+One run of ``remembrall run configs/demo.yaml`` (its video looped, ``--set sources.0.loop=0``,
+so the test decides when it ends) and one Debian ``prometheus`` with the shipped scrape config and
+alert rules, both on 127.0.0.1. Then:
 
 - every PromQL expression of every dashboard panel (template variables substituted as Grafana
   would with "All" selected) must return data, except panels whose description says
