@@ -41,6 +41,10 @@ def test_select_label_buffer_chain(tmp_path) -> None:
     for i in range(200, 400):  # a new, varied scene; some labels name a class nobody declared
         send(push, sample(i, rng.normal(size=1280), label="zebra" if i % 10 == 0 else "b",
                           entropy=float(i % 7)))
+    for i in range(400, 440):  # text items share the stages: their own sampler and buffer file
+        t = sample(i, rng.normal(size=384), label="b", image=False)
+        t.fields["modality"] = "text"
+        send(push, t)
     bad = sample(999, np.ones(1280))
     bad.arrays[0] = bad.arrays[0].astype(np.float64)
     send(push, bad)
@@ -50,6 +54,10 @@ def test_select_label_buffer_chain(tmp_path) -> None:
     for t in threads:
         t.join(30)
         assert not t.is_alive() and t.result["rc"] == 0
+    text = [msg for msg in got if msg.get("modality") == "text"]
+    assert text and all(msg.arrays[0].shape == (384,) for msg in text)
+    assert ReplayMemory.load(tmp_path / "buffer" / "replay-text.npz").dim == 384
+    got = [msg for msg in got if msg.get("modality") != "text"]
     ids = [int(msg.get("id").split(":")[1]) for msg in got]
     assert sum(i < 200 for i in ids) <= 3                     # near-duplicates are not relabelled
     assert sum(i >= 200 for i in ids) >= 40                    # the new scene gets the budget
