@@ -76,3 +76,18 @@ def test_select_label_buffer_chain(tmp_path) -> None:
     push.close()
     out.close()
     ctx.term()
+
+
+def test_buffer_stage_refuses_or_rebuilds_a_corrupt_file(tmp_path) -> None:
+    import pytest
+
+    from remembrall.learning.replay import ReplayError
+
+    path = tmp_path / "buffer" / "replay.npz"
+    path.parent.mkdir()
+    path.write_bytes(b"PK\x03\x04 truncated by a crash of something that did not write atomically")
+    io = ({"labelled": f"pull+bind:{ipc(tmp_path, 'b')}"}, {"labelled": f"push+connect:{ipc(tmp_path, 'o')}"})
+    with pytest.raises(ReplayError, match="not a readable replay file"):
+        BufferStage(spec(tmp_path, "buffer", "buffer", *io, {"buffer.on_corrupt": "error"}))
+    stage = BufferStage(spec(tmp_path, "buffer", "buffer", *io, {"buffer.on_corrupt": "rebuild"}))
+    assert len(stage.memories["vision"]) == 0 and list(path.parent.glob("replay.npz.corrupt-*"))

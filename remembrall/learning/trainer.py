@@ -149,7 +149,8 @@ def accuracy(head: ClassifierHead | None, x: np.ndarray, labels: list[str]) -> f
     if head is None or len(labels) == 0:
         return 0.0
     head.eval()
-    pred = head(torch.as_tensor(x, dtype=torch.float32)).argmax(1).numpy()
+    device = next(head.parameters()).device
+    pred = head(torch.as_tensor(x, dtype=torch.float32, device=device)).argmax(1).cpu().numpy()
     names = np.array(head.classes, dtype=object)[pred]
     return float(np.mean([p == t for p, t in zip(names, labels, strict=True)]))
 
@@ -204,9 +205,7 @@ class TrainingRun:
     def _val_acc(self) -> float:
         if not self.y_val:
             return 0.0
-        acc = accuracy(self.head.cpu() if self.device.type != "cpu" else self.head, self.x_val, self.y_val)
-        self.head.to(self.device)
-        return acc
+        return accuracy(self.head, self.x_val, self.y_val)
 
     @property
     def done(self) -> bool:
