@@ -61,6 +61,9 @@ def test_plateau_stops_early_and_drift_stops_via_the_score() -> None:
     run = TrainingRun(None, xt, yt, xv, yv, TrainSettings(max_steps=1000, warmup_steps=10, patience=2))
     _run_to_end(run)
     assert run.stop_reason == "plateau" and run.steps < 200
+    fixed = TrainingRun(None, xt, yt, xv, yv, TrainSettings(max_steps=300, warmup_steps=10, early_stopping=False))
+    _run_to_end(fixed)
+    assert fixed.stop_reason == "max_steps" and fixed.steps == 300
     # the scene keeps moving while accuracy cannot improve: S_t <= tau stops the run
     serving = fit_head(xt, yt, steps=200)
     drift = iter(np.linspace(0.0, 1.0, 1000))

@@ -84,6 +84,7 @@ class RetrainConfig:
     delta_acc_max: float = _f(0.2, min=1e-6)
     drift_max: float = _f(0.3, min=1e-6)
     patience: int = _f(3, min=1, help="slices with S_t <= tau before stopping")
+    early_stopping: bool = True  # false: every run takes max_steps (fixed-budget baseline)
     share: float = _f(0.3, min=0.01, max=1.0, help="max share of compute time over the window")
     share_window_s: float = _f(10.0, min=0.1)
     max_backlog: int = _f(8, min=0)

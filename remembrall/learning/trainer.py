@@ -62,6 +62,8 @@ class TrainSettings:
     drift_max: float = 0.3
     patience: int = 3
     min_improvement: float = 0.005
+    #: False = train ``max_steps`` every run (a fixed-budget, Ekya-style baseline).
+    early_stopping: bool = True
     seed: int = 0
 
     @classmethod
@@ -246,7 +248,7 @@ class TrainingRun:
             self.best_state = copy.deepcopy(self.head.state_dict())
         if self.steps >= self.s.max_steps:
             self.stop("max_steps")
-        elif self.steps >= self.s.warmup_steps:
+        elif self.s.early_stopping and self.steps >= self.s.warmup_steps:
             self.low_slices = self.low_slices + 1 if score <= self.s.tau else 0
             if score > self.best_score + self.s.min_improvement * self.s.w1 / self.s.delta_acc_max:
                 self.best_score, self.flat_slices = score, 0
