@@ -345,6 +345,9 @@ def test_stdin_through_a_real_pipe() -> None:
     assert json.loads(lines[1]) == {"invalid_utf8": 1, "malformed_json": 1}
     assert b"stdin:3" in err and b"stdin:4" in err
 
+    empty = subprocess.run([sys.executable, "-c", code], input=b"", capture_output=True, timeout=20)
+    assert empty.returncode == 0 and empty.stdout.decode().splitlines() == ["{}"]
+
 
 # ------------------------------------------------------------------------------------- ZeroMQ
 def test_zmq_pull_from_a_real_producer_until_eos() -> None:

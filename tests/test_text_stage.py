@@ -90,6 +90,19 @@ def test_finite_file_to_tokens_then_eos_and_clean_exit(tmp_path: Path) -> None:
     assert "2 records sent" in log
 
 
+def test_empty_directory_is_just_an_eos(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    spec, addr = _spec(tmp_path, {"uri": str(tmp_path / "inbox")})
+    sock = _pull(addr)
+    proc = _start(tmp_path, spec)
+    try:
+        msgs = _recv(sock)
+        proc.communicate(timeout=20)
+    finally:
+        sock.close()
+    assert proc.returncode == 0 and [(m.kind, m.fields) for m in msgs] == [("eos", {})]
+
+
 def test_missing_source_exits_bad_source_with_eos(tmp_path: Path) -> None:
     spec, addr = _spec(tmp_path, {"uri": str(tmp_path / "absent.txt")})
     sock = _pull(addr)

@@ -628,17 +628,17 @@ class HttpSource(TextSource):
             elif isinstance(parsed, Record):
                 batch.append((parsed, pos))
             else:
-                self.stats.seen(None)
+                self.stats.seen(None)  # a blank line
         if errors:
             return 400, {"error": f"{len(errors)} bad line(s); nothing from this request was accepted",
                          "errors": errors[:100], "accepted": 0}
-        for rec, _ in batch:
-            self.stats.seen(rec)
         with self._req_lock:
             if not self.pending.offer(batch, eos, len(body)):
                 return 503, {"error": "ingest queue full; retry later", "accepted": 0}
             if eos:
                 self._eos_seen = True
+        for rec, _ in batch:
+            self.stats.seen(rec)
         return 200, {"accepted": len(batch), "eos": eos}
 
 
