@@ -18,6 +18,7 @@ from remembrall.learning.labelers import (
     Vocabulary,
     encode_png,
     make_labeler,
+    safe_name,
 )
 from remembrall.pipeline.messages import Message
 
@@ -58,10 +59,12 @@ def test_external_round_trip_through_files_and_messages(tmp_path) -> None:
     for i in range(4):
         assert lab.submit(_sample(i)) == []
     assert lab.rejected["expired"] == 1 and list(lab.pending) == ["cam:1", "cam:2", "cam:3"]
-    meta = json.loads((tmp_path / "ext/samples/cam_1.json").read_text())
+    name = safe_name("cam:1")
+    assert name != safe_name("cam_1") and name.startswith("cam_1-")
+    meta = json.loads((tmp_path / f"ext/samples/{name}.json").read_text())
     assert meta["id"] == "cam:1" and meta["classes"] == ["a", "b"]
-    png = (tmp_path / "ext/samples/cam_1.png").read_bytes()
-    with av.open(str(tmp_path / "ext/samples/cam_1.png")) as c:  # a real decoder reads it back
+    png = (tmp_path / f"ext/samples/{name}.png").read_bytes()
+    with av.open(str(tmp_path / f"ext/samples/{name}.png")) as c:  # a real decoder reads it back
         frame = next(c.decode(video=0)).to_ndarray(format="rgb24")
     assert np.array_equal(frame, _sample(1).arrays[2]) and png.startswith(b"\x89PNG")
     labels = tmp_path / "ext/labels"
@@ -73,7 +76,7 @@ def test_external_round_trip_through_files_and_messages(tmp_path) -> None:
     assert [(m.get("id"), m.get("label"), m.get("label_source")) for m in out] == [("cam:1", "a", "external")]
     assert lab.rejected["unknown_class"] == 1 and lab.rejected["unknown_sample"] == 1
     assert lab.rejected["bad_label_file"] == 1 and (labels / "h3.bad").exists() and (labels / "h1.done").exists()
-    assert not (tmp_path / "ext/samples/cam_1.png").exists()
+    assert not (tmp_path / f"ext/samples/{name}.png").exists()
     assert lab.receive("cam:2", "b")[0].get("label") == "b"      # a corrected label still lands
     assert lab.receive("cam:2", "b") == [] and lab.rejected["unknown_sample"] == 2
     with pytest.raises(ValueError):

@@ -48,6 +48,7 @@ from remembrall.pipeline.messages import Message
 log = logging.getLogger(__name__)
 
 MAX_LABEL_LEN = 128
+MAX_LABEL_FILE_BYTES = 4 << 20
 _LABEL_RE = re.compile(r"^[^\x00-\x1f\x7f]+$")
 
 
@@ -266,8 +267,9 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def safe_name(sample_id: str) -> str:
-    """A file name for a sample id (ids like ``cam0:42`` are not portable file names)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", sample_id)[:150] or "_"
+    """A unique, portable file name for a sample id (``cam0:42`` → ``cam0_42-1a2b3c4d``)."""
+    crc = zlib.crc32(sample_id.encode("utf-8", "surrogatepass")) & 0xFFFFFFFF
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', sample_id)[:120].lstrip('.') or '_'}-{crc:08x}"
 
 
 class ExternalLabeler(Labeler):
@@ -327,6 +329,8 @@ class ExternalLabeler(Labeler):
         out: list[Message] = []
         for path in sorted(self.labels_dir.glob("*.json")):
             try:
+                if path.stat().st_size > MAX_LABEL_FILE_BYTES:
+                    raise ValueError(f"larger than {MAX_LABEL_FILE_BYTES} bytes")
                 data = json.loads(path.read_text(encoding="utf-8"))
                 if not isinstance(data, dict):
                     raise ValueError("not a JSON object")
