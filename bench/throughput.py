@@ -19,7 +19,10 @@ Measured in one run, warm-up excluded, on ``builtin:vtest`` (opencv-doc's vtest.
   maximum message size on both; rounds alternate so machine load hits both alike.
 
 ``loadavg`` before/after each measurement and the CPU seconds each pipeline process used are in
-the JSON, so a low efficiency can be traced to CPU contention on a small machine.
+the JSON, so a low efficiency can be traced to CPU contention on a small machine. On a machine
+shared with other work, run it with ``OMP_WAIT_POLICY=PASSIVE`` too: torch's OpenMP threads spin
+while they wait, and when cores are oversubscribed that spinning can cost more than half of
+inference's CPU time (the JSON's ``env`` records the setting).
 """
 
 from __future__ import annotations
@@ -390,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = (SMOKE_SETS if args.smoke else []) + args.set
 
     res: dict[str, Any] = {"machine": machine(), "smoke": args.smoke, "seconds_per_measurement": seconds,
-                           "config": args.config, "overrides": sets, "loadavg_1m": {}}
+                           "config": args.config, "overrides": sets, "loadavg_1m": {},
+                           # OpenMP spin-waiting decides CPU inference speed on a busy machine
+                           "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}}
     with tempfile.TemporaryDirectory(prefix="rb-thr-") as tmpname:
         tmp = Path(tmpname)
         if set(args.skip) >= {"decode", "infer", "pipeline"}:
