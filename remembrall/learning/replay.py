@@ -113,7 +113,7 @@ class ReplayMemory:
         capacity: int = 2000,
         policy: str = "class_balanced",
         holdout_every: int = 5,
-        holdout_capacity: int = 400,
+        holdout_capacity: int = 50,
         seed: int = 0,
     ) -> None:
         if policy not in POLICIES:
