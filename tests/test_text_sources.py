@@ -270,6 +270,18 @@ def test_follow_waits_for_missing_file_and_resumes_at_saved_offset(tmp_path: Pat
         c2.done.wait(5)
         src2.close()
 
+    with log_path.open("r+b") as f:  # rewritten in place while down: same inode, longer, other bytes
+        f.write(b"X\nY\nZ\nW\nV\nU\n")
+    stop3 = threading.Event()
+    src3 = FileSource(str(log_path), FAST, TextStats(), stop3.is_set, follow=True, state_path=str(state))
+    c3 = Consumer(src3)
+    try:
+        assert [i.position for i in c3.take(6)][:2] == [f"{log_path}:1", f"{log_path}:2"]
+    finally:
+        stop3.set()
+        c3.done.wait(5)
+        src3.close()
+
 
 def test_follow_prefix_and_follow_from_end(tmp_path: Path) -> None:
     log_path = tmp_path / "x.log"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -234,12 +235,26 @@ class FileSource(TextSource):
         try:
             state = json.loads(Path(self.state_path).read_text(encoding="utf-8"))
             same = (state["dev"], state["ino"]) == (st.st_dev, st.st_ino) and state["path"] == self.path
-            if same and 0 <= int(state["offset"]) <= st.st_size:
-                return int(state["offset"]), int(state["line"])
-            log.info("%s: saved offset is for another file or beyond its end; reading it from the start", self.path)
+            offset = int(state["offset"])
+            if same and 0 <= offset <= st.st_size and state.get("check") == self._check_bytes(offset):
+                return offset, int(state["line"])
+            log.info("%s: saved offset is for another file, beyond its end, or the bytes before it changed "
+                     "(rewritten in place); reading it from the start", self.path)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("%s: ignoring unreadable follow state %s: %s", self.path, self.state_path, exc)
         return None
+
+    def _check_bytes(self, offset: int) -> str:
+        """Fingerprint of the bytes just before ``offset``: a file truncated and rewritten in place
+        (same inode, size past the offset) is caught instead of resumed mid-line."""
+        if offset == 0:
+            return ""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(max(0, offset - 64))
+                return hashlib.sha1(f.read(min(64, offset))).hexdigest()
+        except OSError:
+            return "unreadable"
 
     def _save_state(self, force: bool = False) -> None:
         if not self.state_path or self._committed is None:
@@ -248,6 +263,10 @@ class FileSource(TextSource):
         if not force and now - self._last_save < self.text_cfg.checkpoint_interval_s:
             return
         self._last_save = now
+        if self._f is not None and not self._f.closed:  # fingerprint the open file, not the path
+            off = int(self._committed["offset"])
+            self._committed["check"] = hashlib.sha1(os.pread(self._f.fileno(), min(64, off), max(0, off - 64))
+                                                    ).hexdigest() if off else ""
         tmp = f"{self.state_path}.tmp.{os.getpid()}"
         try:
             os.makedirs(os.path.dirname(self.state_path) or ".", exist_ok=True)
