@@ -293,9 +293,13 @@ def _raw_sender(endpoint: str, seconds: float, cpu_us: Any) -> None:
     ctx.term()
 
 
-def _receive(kind: str, endpoint: str, warmup_s: float) -> tuple[Rate, float]:
+def _receive(kind: str, endpoint: str, warmup_s: float, alive: Callable[[], bool]) -> tuple[Rate, float]:
     """Receive until the end marker; count what arrived after ``warmup_s`` of traffic."""
     import zmq
+
+    def waited_too_long() -> None:
+        if not alive():
+            raise RuntimeError(f"{kind}: the sender process died before its end marker")
 
     if kind == "ours":
         from remembrall.pipeline.runtime import Stage, StageSpec
@@ -308,6 +312,7 @@ def _receive(kind: str, endpoint: str, warmup_s: float) -> tuple[Rate, float]:
                 msg = stage.recv(sock, 1000)
                 if msg is not None:
                     break
+                waited_too_long()
             if msg.kind == "eos":
                 return True, None, 0
             return False, msg.arrays[0], msg.seq
@@ -320,6 +325,8 @@ def _receive(kind: str, endpoint: str, warmup_s: float) -> tuple[Rate, float]:
         sock.bind(endpoint)
 
         def recv() -> tuple[bool, np.ndarray | None, int]:
+            while not sock.poll(1000, zmq.POLLIN):
+                waited_too_long()
             md = sock.recv_json()
             if md.get("end"):
                 return True, None, 0
@@ -366,7 +373,7 @@ def bench_transport(kind: str, seconds: float, warmup_s: float, tmp: Path) -> tu
                                             seconds + warmup_s, send_cpu))
     proc.start()
     try:
-        rate, recv_cpu = _receive(kind, endpoint, warmup_s)
+        rate, recv_cpu = _receive(kind, endpoint, warmup_s, proc.is_alive)
     finally:
         proc.join(30)
         if proc.is_alive():
@@ -439,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             measure_infer = infer_bench(cfg)
             res["infer_threads"] = torch.get_num_threads()
             infer_runs.append(measure_infer(seconds * 2))
+            infer_load = [loadavg_1m()]
         if "pipeline" not in args.skip:
             res["loadavg_1m"]["pipeline"] = loadavg_1m()
             run = bench_pipeline(args.config, video, sets, tmp, timeout=120 if args.smoke else 900)
@@ -447,9 +455,11 @@ def main(argv: list[str] | None = None) -> int:
             res["loadavg_1m"]["end"] = loadavg_1m()
             if measure_infer is not None and not args.smoke:  # again: the load may have changed meanwhile
                 infer_runs.append(measure_infer(seconds * 2))
+                infer_load.append(loadavg_1m())
         if infer_runs:
             res["infer_fps"] = sum(r.items for r in infer_runs) / sum(r.seconds for r in infer_runs)
-            res["infer_runs_fps"] = [round(r.per_s, 2) for r in infer_runs]
+            res["infer_runs_fps"] = [round(r.per_s, 2) for r in infer_runs]  # before, after the pipeline
+            res["infer_runs_loadavg_1m"] = infer_load
         if "pipeline_fps" in res:
             run = res["pipeline"]
             run["cpu_ms_per_frame"] = {k: round(1000 * v / run["frames"], 2) for k, v in run["cpu_s"].items()}
