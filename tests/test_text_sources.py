@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -492,3 +493,33 @@ def test_http_backpressure_answers_503() -> None:
         assert code == 503 and "retry" in payload["error"]
     finally:
         src.close()
+
+
+def test_zmq_big_messages_are_cut_or_refused_with_bounded_memory() -> None:
+    port = _free_port()
+    cfg = TextConfig(max_request_bytes=2 << 20, max_line_bytes=64 << 10)
+    stats = TextStats()
+    src = open_text_source(SourceConfig(uri=f"zmq+pull:tcp://127.0.0.1:{port}"), cfg, stats)
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        push.send(b"a" * (1_500_000))  # under the message limit: one line, cut at max_line_bytes
+        push.send(b"b" * (10 << 20))  # over it: libzmq refuses it and drops that connection
+        push.send(b'{"eos": true}')  # PUSH reconnects; what was queued behind the big one may be lost
+        items: list[TextItem] = []
+        c = Consumer(src)
+        items += c.take(1)
+        deadline = time.monotonic() + 10
+        while not c.done.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(zmq.Again):
+                push.send(b'{"eos": true}', zmq.NOBLOCK)
+            c.done.wait(0.2)
+        assert c.done.is_set() and c.error is None
+        while not c.items.empty():
+            items.append(c.items.get())
+    finally:
+        push.close(0)
+        src.close()
+    assert items[0].text == "a" * (64 << 10) and stats.truncated == 1
+    assert all(i.text[0] != "b" for i in items)
