@@ -47,10 +47,9 @@ CONFIG = ROOT / "configs" / "continual-bench.yaml"
 SYSTEMS = ["static", "uniform", "remembrall", "all_labels"]
 
 #: Per-system overrides of configs/continual-bench.yaml (the config itself is the full system).
-#: ``uniform`` and ``all_labels`` retrain on a fixed cadence for a fixed number of steps: no
-#: drift trigger, no early stopping (tau and patience out of reach), no base update.
-FIXED_LENGTH = {"retrain.drift_trigger": 2.0, "retrain.tau": -1e9, "retrain.patience": 1000000,
-                "retrain.reptile": False}
+#: ``uniform`` and ``all_labels`` retrain on a fixed cadence for a fixed number of steps
+#: (``retrain.max_steps``): no drift trigger, no early stopping, no base update.
+FIXED_LENGTH = {"retrain.drift_trigger": 2.0, "retrain.early_stopping": False, "retrain.reptile": False}
 OVERRIDES: dict[str, dict[str, Any]] = {
     "static": {"learn": False},
     "uniform": {"select.sampler": "uniform", "select.uniform_mode": "every", **FIXED_LENGTH},
@@ -85,19 +84,18 @@ def metric_sum(samples: dict[str, list[tuple[dict[str, str], float]]], name: str
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
-    """Prometheus-style quantile from cumulative ``(upper bound, count)`` buckets; None if empty."""
+    """Upper bound of the histogram bucket holding the ``q`` quantile (conservative: a p99 inside
+    the first 0.5 ms bucket reads 0.5 ms); None for an empty histogram. When the quantile falls in
+    the +Inf bucket the largest finite bound is returned (then it is only a lower bound)."""
     buckets = sorted(buckets)
     if not buckets or buckets[-1][1] <= 0:
         return None
     rank = q * buckets[-1][1]
-    prev_le, prev_c = 0.0, 0.0
+    finite = [le for le, _ in buckets if not math.isinf(le)]
     for le, c in buckets:
         if c >= rank:
-            if math.isinf(le):
-                return prev_le
-            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 1.0)
-        prev_le, prev_c = le, c
-    return prev_le
+            return le if not math.isinf(le) else (finite[-1] if finite else None)
+    return None
 
 
 class Scraper(threading.Thread):
@@ -345,22 +343,23 @@ def plot(path: Path, results: dict[str, dict[str, Any]], segments: list[dict[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 4.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(11, 5.4), dpi=110)
     styles = {"static": ("#888888", "-"), "uniform": ("#1f77b4", "-"), "remembrall": ("#d62728", "-"),
               "all_labels": ("#2ca02c", "--")}
     for name, res in results.items():
         color, ls = styles.get(name, (None, "-"))
         ax.plot(res["seqs"], res["rolling"], ls, color=color, lw=1.6,
-                label=f"{name} (mean {res['mean_accuracy']:.3f}, {res['labels_used']} labels)")
+                label=f"{name}: mean {res['mean_accuracy']:.3f}, {res['labels_used']} labels, "
+                      f"{res['retrain_seconds']:.1f} s retraining")
     for s in segments:
         ax.axvline(s["start"], color="#bbbbbb", lw=0.8)
-        ax.text(s["start"] + 8, 0.02, s["name"], rotation=90, fontsize=7, va="bottom", color="#555555")
-    ax.set_ylim(0, 1)
+        ax.text(s["start"] + 10, 0.985, s["name"], fontsize=8, va="top", color="#444444")
+    ax.set_ylim(0, 1.05)
     ax.set_xlim(0, segments[-1]["end"])
     ax.set_xlabel("frame")
     ax.set_ylabel(f"prequential accuracy (rolling {ROLLING} frames)")
-    ax.set_title("Drifting Fashion-MNIST stream through the pipeline: accuracy over time")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Drifting Fashion-MNIST stream through the pipeline: accuracy over time, same label budget")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp)
@@ -374,17 +373,23 @@ def prepare_stream(work: Path, frames_per_segment: int, seed: int, smoke: bool) 
     schedule = SMOKE_SCHEDULE if smoke else SCHEDULE
     stream = work / "stream"
     info_path = stream / "segments.json"
-    want = {"seed": seed, "frames": frames_per_segment * len(schedule),
-            "names": [n for n, _ in schedule]}
+    from remembrall.config import load_config
+
+    want = {"seed": seed, "frames": frames_per_segment * len(schedule), "names": [n for n, _ in schedule],
+            "size": load_config(str(CONFIG)).decode.width or 64}
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        have = {"seed": info["seed"], "frames": info["frames"], "names": [s["name"] for s in info["segments"]]}
+        have = {"seed": info["seed"], "frames": info["frames"], "names": [s["name"] for s in info["segments"]],
+                "size": info["size"]}
         if have == want and (stream / "manifest.jsonl").is_file():
             return info
     except (OSError, ValueError, KeyError):
         pass
     shutil.rmtree(stream, ignore_errors=True)
-    return build_stream(stream, size=64, frames_per_segment=frames_per_segment, seed=seed, schedule=schedule)
+    from remembrall.config import load_config
+
+    size = load_config(str(CONFIG)).decode.width or 64  # frames at the size the pipeline decodes to
+    return build_stream(stream, size=size, frames_per_segment=frames_per_segment, seed=seed, schedule=schedule)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,16 +398,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, help="accuracy-over-time PNG")
     p.add_argument("--smoke", action="store_true", help="a tiny stream: checks the machinery in about a minute")
     p.add_argument("--work", type=Path, help="working folder (stream, base head, runs); default next to --json")
-    p.add_argument("--frames-per-segment", type=int, help="default 800 (smoke: 100)")
+    p.add_argument("--frames-per-segment", type=int, help="default 700 (smoke: 120)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per pipeline run")
+    p.add_argument("--replot", type=Path, metavar="CURVES_JSON",
+                   help="only redraw --plot from a previous run's WORK/curves.json")
     args = p.parse_args(argv)
+    if args.replot:
+        if not args.plot:
+            p.error("--replot needs --plot")
+        curves = json.loads(args.replot.read_text(encoding="utf-8"))
+        plot(args.plot, curves["systems"], curves["segments"])
+        return 0
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown or not systems:
         p.error(f"--systems: unknown {unknown}; choose from {SYSTEMS}")
-    fps = args.frames_per_segment or (100 if args.smoke else 800)
+    fps = args.frames_per_segment or (120 if args.smoke else 700)
     work = (args.work or args.json.parent / ("continual-smoke" if args.smoke else "continual-work")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -446,6 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = assemble(results, info, machine(), started, args.smoke)
     write_json(args.json, report)
+    write_json(work / "curves.json", {"segments": info["segments"],
+                                      "systems": {n: {k: r[k] for k in ("seqs", "rolling", "mean_accuracy",
+                                                                        "labels_used", "retrain_seconds")}
+                                                  for n, r in results.items()}})
     if args.plot:
         plot(args.plot, results, info["segments"])
     print_report(report)
@@ -467,6 +484,7 @@ def assemble(results: dict[str, dict[str, Any]], info: dict[str, Any], where: di
         "systems": systems,
         "infer_fps_idle": _r(fps.get("capacity_idle")),
         "infer_fps_while_retraining": _r(fps.get("capacity_retraining")),
+        "infer_fps_static_run": _r(results["static"]["fps"].get("capacity_idle")) if "static" in results else None,
         "pipeline_fps_idle": _r(fps.get("wall_idle")),
         "pipeline_fps_while_retraining": _r(fps.get("wall_retraining")),
         "swaps": sum(r["swaps"] for r in swaps_src),
@@ -514,7 +532,8 @@ def print_report(report: dict[str, Any]) -> None:
     print_table([[n] + [r["per_segment_accuracy"][k] for k in segs] for n, r in report["systems"].items()],
                 ["accuracy by segment"] + segs)
     print()
-    print_table([[k, report[k]] for k in ("infer_fps_idle", "infer_fps_while_retraining", "pipeline_fps_idle",
+    print_table([[k, report[k]] for k in ("infer_fps_idle", "infer_fps_while_retraining", "infer_fps_static_run",
+                                          "pipeline_fps_idle",
                                           "pipeline_fps_while_retraining", "swaps", "swap_frames_dropped",
                                           "swap_stall_ms_p99")], ["figure", "value"])
     print()
