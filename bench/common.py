@@ -31,12 +31,15 @@ class Rate:
 
 
 def measure_rate(step: Callable[[], int], *, seconds: float, warmup_s: float = 0.5,
-                 min_items: int = 1) -> Rate:
-    """Call ``step`` (returns how many items it did) repeatedly: ``warmup_s`` uncounted, then
-    at least ``seconds`` and ``min_items`` counted. Steps are timed whole, never interrupted."""
+                 min_items: int = 1, warmup_steps: int = 1) -> Rate:
+    """Call ``step`` (returns how many items it did) repeatedly: at least ``warmup_s`` and
+    ``warmup_steps`` uncounted, then at least ``seconds`` and ``min_items`` counted. Steps are
+    timed whole, never interrupted."""
     end_warm = time.perf_counter() + warmup_s
-    while time.perf_counter() < end_warm:
+    done = 0
+    while done < warmup_steps or time.perf_counter() < end_warm:
         step()
+        done += 1
     items = 0
     t0 = time.perf_counter()
     while True:

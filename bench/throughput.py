@@ -167,7 +167,9 @@ def infer_bench(cfg: Any) -> Callable[[float], Rate]:
         return size
 
     def measure(seconds: float) -> Rate:
-        return measure_rate(step, seconds=seconds, warmup_s=min(2.0, seconds / 2), min_items=size)
+        # torch's first batches (allocator, oneDNN kernels) run slow: warm up on several
+        return measure_rate(step, seconds=seconds, warmup_s=min(4.0, seconds / 2), min_items=size,
+                            warmup_steps=4)
 
     return measure
 
