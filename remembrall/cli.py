@@ -123,12 +123,6 @@ def cmd_fit_base(args: argparse.Namespace) -> int:
     return fit_base_main(cfg, args)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from remembrall.monitoring.status import status_main
-
-    return status_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="remembrall", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -151,13 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--output", help="where to write the base head checkpoint (default: infer.head of the config)")
     fit.set_defaults(func=cmd_fit_base)
 
-    st = sub.add_parser("status", help="show a running pipeline's stages, restarts, throughput, model version")
-    st.add_argument("rest", nargs=argparse.REMAINDER)
-    st.set_defaults(func=cmd_status)
+    # handled in main() before parsing; listed here so --help shows it
+    sub.add_parser("status", help="show a running pipeline's stages, restarts, throughput, model version "
+                   "(remembrall status --help)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:  # its options belong to status_main, not to this parser
+        from remembrall.monitoring.status import status_main
+
+        return status_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

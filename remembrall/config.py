@@ -70,7 +70,7 @@ class InferConfig:
     topk: int = _f(5, min=1, max=100)
     head: str = _f("imagenet", help="vision base head: 'imagenet', a head checkpoint path, or 'none' (cold start)")
     text_head: str = _f("none", help="text base head: a head checkpoint path, or 'none' (cold start)")
-    queue: int = _f(64, min=1)
+    queue: int = _f(32, min=1, help="frames infer holds ahead of its batches (more only adds latency)")
 
 
 @dataclass
@@ -89,7 +89,7 @@ class MetricsConfig:
 
 @dataclass
 class TransportConfig:
-    hwm: int = _f(64, min=1)
+    hwm: int = _f(16, min=1, help="messages queued per socket before backpressure (drop for live, block for files)")
     max_message_bytes: int = _f(64 << 20, min=1024)
     allow_remote: bool = False
 

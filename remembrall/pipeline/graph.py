@@ -107,3 +107,19 @@ def build_graph(cfg: Config, run_dir: Path, out_dir: Path) -> list[StageSpec]:
 def source_stage_names(specs: list[StageSpec]) -> dict[str, str]:
     """stage name -> stream, for the stages that produce a stream."""
     return {s.name: s.streams[0] for s in specs if s.type in ("decode", "text_decode")}
+
+
+def data_consumers(specs: list[StageSpec]) -> dict[str, list[str]]:
+    """stage name -> the stages it PUSHes data to (matched by address; control PUB/SUB excluded)."""
+    bound = {}
+    for s in specs:
+        for ep in s.inputs.values():
+            pattern, _, address = ep.partition(":")
+            if pattern.startswith("pull"):
+                bound[address] = s.name
+    return {
+        s.name: sorted({bound[addr] for ep in s.outputs.values()
+                        for pattern, _, addr in [ep.partition(":")]
+                        if pattern.startswith("push") and addr in bound})
+        for s in specs
+    }

@@ -43,6 +43,14 @@ class StageSpec:
     out_dir: str = ""
     #: Streams whose producers already finished before this (re)start: do not wait for their eos.
     finished_streams: list[str] = field(default_factory=list)
+    #: Touched once the stage is set up (models loaded): the supervisor's drain clock ignores
+    #: time a stage spent starting.
+    ready_file: str = ""
+    #: Touched when :meth:`Stage.run` returned; the stage then keeps its sockets open until the
+    #: supervisor touches ``release_file`` (every stage it feeds has finished). A PUSH peer that
+    #: exits right after its last send can lose what the receiver had not yet read.
+    done_file: str = ""
+    release_file: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1, sort_keys=True)
@@ -80,6 +88,17 @@ class Stage:
 
     def run(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def wait_for_release(self) -> None:
+        """Keep the sockets open until the stages this one feeds have read everything."""
+        if not self.spec.done_file or not self.spec.release_file:
+            return
+        Path(self.spec.done_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.spec.done_file).write_text(str(os.getpid()))
+        release = Path(self.spec.release_file)
+        deadline = time.monotonic() + self.cfg.supervisor.drain_timeout_s
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def close(self) -> None:
         """Close every socket, then wait (up to each socket's linger) for queued messages to leave.
@@ -169,7 +188,12 @@ def run_stage(spec: StageSpec) -> int:
 
     stage = stage_class(spec.type)(spec)
     stage.install_signal_handlers()
+    if spec.ready_file:
+        Path(spec.ready_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(spec.ready_file).write_text(str(os.getpid()))
     try:
-        return int(stage.run() or 0)
+        rc = int(stage.run() or 0)
+        stage.wait_for_release()
+        return rc
     finally:
         stage.close()

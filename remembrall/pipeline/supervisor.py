@@ -28,7 +28,7 @@ from typing import Any
 
 from remembrall.atomic import atomic_write_bytes
 from remembrall.config import Config
-from remembrall.pipeline.graph import build_graph, source_stage_names
+from remembrall.pipeline.graph import build_graph, data_consumers, source_stage_names
 from remembrall.pipeline.runtime import StageSpec
 from remembrall.stages.source import EXIT_BAD_SOURCE
 
@@ -74,6 +74,7 @@ class Supervisor:
         self.multiproc_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         self.stages: dict[str, StageProcess] = {}
         self.source_names: dict[str, str] = {}
+        self.consumers: dict[str, list[str]] = {}
         self.signals = 0
         self.stopping_sources = False
         self.drain_started: float | None = None
@@ -94,6 +95,7 @@ class Supervisor:
             path.write_text(spec.to_json(), encoding="utf-8")
             self.stages[spec.name] = StageProcess(spec, path)
         self.source_names = source_stage_names(specs)
+        self.consumers = data_consumers(specs)
 
     def _start_metrics(self) -> None:
         if not self.cfg.metrics.enabled:
@@ -108,6 +110,12 @@ class Supervisor:
     def _spawn(self, sp: StageProcess) -> None:
         from remembrall.monitoring import metrics as m
 
+        sp.spec.ready_file = str(self.sock_dir / "ready" / sp.spec.name)
+        sp.spec.done_file = str(self.sock_dir / "done" / sp.spec.name)
+        sp.spec.release_file = str(self.sock_dir / "release" / sp.spec.name)
+        for marker in (sp.spec.ready_file, sp.spec.done_file, sp.spec.release_file):
+            Path(marker).unlink(missing_ok=True)
+        sp.spec_path.write_text(sp.spec.to_json(), encoding="utf-8")
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         sp.proc = subprocess.Popen(
@@ -118,6 +126,7 @@ class Supervisor:
         sp.state = "running"
         sp.started_at = time.monotonic()
         m.STAGE_UP.labels(sp.spec.name).set(1)
+        m.STAGE_RESTARTS.labels(sp.spec.name)  # exported at 0 from the start, so increase() sees the first
         log.info("started stage %s (pid %d)", sp.spec.name, sp.proc.pid)
 
     def _finished_streams(self) -> list[str]:
@@ -167,7 +176,6 @@ class Supervisor:
         from remembrall.monitoring import metrics as m
 
         sp.spec.finished_streams = self._finished_streams()
-        sp.spec_path.write_text(sp.spec.to_json(), encoding="utf-8")
         sp.restarts += 1
         m.STAGE_RESTARTS.labels(sp.spec.name).inc()
         self._spawn(sp)
@@ -283,6 +291,7 @@ class Supervisor:
                             self._on_exit(sp, rc)
                     elif sp.state == "restarting" and now >= sp.restart_at and not self.failed_reason:
                         self._restart(sp)
+                self._release_finished()
                 if self.signals > handled_signals:
                     handled_signals = self.signals
                     live = [n for n, sp in self.stages.items() if sp.state in ("running", "restarting")]
@@ -297,8 +306,10 @@ class Supervisor:
                     self.stop_sources(f"--duration {self.duration:g} s reached")
                 if self.failed_reason:
                     self.stop_sources("a stage failed")
-                if all(self.stages[n].state in ("finished", "failed") for n in self.source_names):
-                    if self.drain_started is None:
+                if all(self.stages[n].state in ("finished", "failed") or Path(self.stages[n].spec.done_file).exists()
+                       for n in self.source_names):
+                    if self.drain_started is None or self._starting():
+                        # the drain clock runs only once every stage is set up (models loaded)
                         self.drain_started = now
                         self.stopping_sources = True
                     elif now - self.drain_started > self.cfg.supervisor.drain_timeout_s:
@@ -323,6 +334,22 @@ class Supervisor:
             if self.server is not None:
                 self.server.stop()
         return self._exit_code()
+
+    def _release_finished(self) -> None:
+        """Let a stage that is done exit once every stage it pushes data to has finished."""
+        for name, sp in self.stages.items():
+            if sp.state != "running" or not Path(sp.spec.done_file).exists():
+                continue
+            release = Path(sp.spec.release_file)
+            if release.exists():
+                continue
+            if all(self.stages[c].state in ("finished", "failed") for c in self.consumers[name]):
+                release.parent.mkdir(parents=True, exist_ok=True)
+                release.touch()
+
+    def _starting(self) -> bool:
+        """True while a running stage has not finished its set-up yet."""
+        return any(sp.state == "running" and not Path(sp.spec.ready_file).exists() for sp in self.stages.values())
 
     def _kill_leftovers(self) -> None:
         for sp in self.stages.values():

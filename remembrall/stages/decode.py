@@ -27,15 +27,18 @@ class DecodeStage(SourceStage):
         src = self.source_config()
         dec = self.cfg.decode
         self.socket("out")
+        source_stats = SourceStats(self.name, self.stream)
         try:
             source = open_source(
-                src, dec.width, dec.height, threads=dec.threads, stats=SourceStats(self.name, self.stream),
+                src, dec.width, dec.height, threads=dec.threads, stats=source_stats,
                 should_stop=lambda: self.stopping, max_decode_errors=dec.max_decode_errors,
             )
         except SourceError as exc:
             log.error("%s: cannot read source %s: %s", self.name, redact(src.uri), exc)
             self.send_eos(error=str(exc))
             return EXIT_BAD_SOURCE
+        if not source.live:
+            source_stats.connected(True)  # a file is "connected" while it delivers; live sources report themselves
         skip_to = -1 if source.live else self.resume_after()
         if skip_to >= 0:
             log.info("%s: restarted; resuming after frame %d", self.name, skip_to)
@@ -73,6 +76,7 @@ class DecodeStage(SourceStage):
             source.close()
         if not source.live:
             self.save_progress(last_index)
+            source_stats.connected(False)
         self.send_eos(error)
         log.info("%s: end of stream %s after frame %d", self.name, self.stream, last_index)
         return EXIT_BAD_SOURCE if error else 0

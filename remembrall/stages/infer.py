@@ -97,6 +97,7 @@ class InferStage(Stage):
             self.heads.set_base(modality, head, meta)
         for modality in self.encoders:
             m.MODEL_VERSION.labels(self.name, "").set(self.heads.version(modality))
+        m.SWAP_SECONDS.labels(self.name, "")  # exported (empty) before the first swap
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
