@@ -123,6 +123,37 @@ def cmd_fit_base(args: argparse.Namespace) -> int:
     return fit_base_main(cfg, args)
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Ask a running pipeline's retrain stage to go back to the previous (or a given) model."""
+    import zmq
+
+    from remembrall.pipeline.endpoints import open_socket
+    from remembrall.pipeline.messages import Message, encode_message
+
+    status_path = Path(args.out) / "status.json"
+    try:
+        status = json.loads(status_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        print(f"remembrall: no running pipeline found in {args.out} (no readable status.json)", file=sys.stderr)
+        return 2
+    control = Path(status.get("sock_dir", "")) / "sockets" / "retrain.control"
+    if "retrain" not in status.get("stages", {}) or not control.exists():
+        print(f"remembrall: the pipeline in {args.out} has no running retrain stage (learn: false?)", file=sys.stderr)
+        return 2
+    fields: dict[str, Any] = {"modality": args.modality}
+    if args.to_version is not None:
+        fields["to_version"] = args.to_version
+    ctx = zmq.Context()
+    try:
+        sock = open_socket(ctx, f"push+connect:ipc://{control}", linger_ms=5000)
+        sock.send_multipart(encode_message(Message("rollback", fields=fields)))
+        sock.close()
+    finally:
+        ctx.term()
+    print(f"rollback requested ({args.modality}{'' if args.to_version is None else f' to v{args.to_version}'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="remembrall", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(fit)
     fit.add_argument("--output", help="where to write the base head checkpoint (default: infer.head of the config)")
     fit.set_defaults(func=cmd_fit_base)
+
+    rb = sub.add_parser("rollback", help="serve the previous specialized model again (a running pipeline)")
+    rb.add_argument("--out", required=True, help="the running pipeline's output directory")
+    rb.add_argument("--to-version", type=int)
+    rb.add_argument("--modality", choices=["vision", "text"], default="vision")
+    rb.set_defaults(func=cmd_rollback)
 
     # handled in main() before parsing; listed here so --help shows it
     sub.add_parser("status", help="show a running pipeline's stages, restarts, throughput, model version "

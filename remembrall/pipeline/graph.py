@@ -95,6 +95,9 @@ def build_graph(cfg: Config, run_dir: Path, out_dir: Path) -> list[StageSpec]:
             spec("select", "select", streams=streams, inputs={"samples": f"pull+bind:{select_in}"},
                  outputs={"selected": f"push+connect:{label_in}"}),
         ]
+    if cfg.learn and cfg.extra["label"].labeler == "external":
+        # human labels come back over this socket (or as files in label.external_dir/labels/)
+        next(s for s in specs if s.name == "label").inputs["labels"] = f"pull+bind:{_ipc(run_dir, 'label.labels')}"
     specs.append(spec("infer", "infer", inputs=infer_inputs, outputs=infer_outputs, streams=streams,
                       params={"modalities": sorted(set(modalities.values()))}))
     for src in cfg.sources:

@@ -120,9 +120,11 @@ class Stage:
         if ep is None:
             raise KeyError(f"stage {self.name} has no endpoint for {role!r}")
         t = self.cfg.transport
-        # Linger as long as the supervisor waits for a drain: a stage that exits right after
-        # its last send (a source at end of file) must not discard what is still queued.
-        linger_ms = int(self.cfg.supervisor.drain_timeout_s * 1000)
+        # A PUSH lingers as long as the supervisor waits for a drain: a stage that exits right
+        # after its last send must not discard what is still queued. Nothing else lingers: a SUB
+        # whose publisher is gone would otherwise hold term() with its pending subscription.
+        pattern = (ep or "").split("+", 1)[0].split(":", 1)[0].lower()
+        linger_ms = int(self.cfg.supervisor.drain_timeout_s * 1000) if pattern == "push" else 0
         opts = {"hwm": t.hwm, "max_message_bytes": t.max_message_bytes, "allow_remote": t.allow_remote,
                 "linger_ms": linger_ms}
         opts.update(kwargs)

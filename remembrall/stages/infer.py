@@ -242,18 +242,19 @@ class InferStage(Stage):
             self.heads.request_swap(SwapRequest(modality, role, path, version))
 
     def _resume_current_model(self) -> None:
-        """A (re)started infer serves the model retrain last announced (models/current.json)."""
-        current = Path(self.spec.run_dir) / "models" / "current.json"
-        if not current.is_file():
-            return
-        try:
-            fields = json.loads(current.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            log.warning("%s: ignoring unreadable %s: %s", self.name, current, exc)
-            return
-        if isinstance(fields, dict):
-            log.info("%s: resuming the last announced model v%s", self.name, fields.get("version"))
-            self._announce(fields)
+        """A (re)started infer serves the models retrain last announced (models/current-{modality}.json)."""
+        for modality in self.encoders:
+            current = Path(self.spec.run_dir) / "models" / f"current-{modality}.json"
+            if not current.is_file():
+                continue
+            try:
+                fields = json.loads(current.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("%s: ignoring unreadable %s: %s", self.name, current, exc)
+                continue
+            if isinstance(fields, dict):
+                log.info("%s: resuming the last announced %s model v%s", self.name, modality, fields.get("version"))
+                self._announce({**fields, "modality": modality})
 
     def _publish_status(self, sock: zmq.Socket) -> None:
         now = time.monotonic()
