@@ -182,3 +182,19 @@ collect_ignore = ["rtsp_server.py"]
 # ================================================================================================
 # End of video/RTSP fixtures.
 # ================================================================================================
+
+
+# ================================================================================================
+# Torch
+# ================================================================================================
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny matrices gain nothing from threads, and on a shared 2-core box they thrash: 1 thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

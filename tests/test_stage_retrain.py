@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zmq
 
 from remembrall.learning.replay import ReplayMemory
@@ -28,13 +27,7 @@ FAST = {"retrain.min_labels": 30, "retrain.every_labels": 60, "retrain.max_steps
         "buffer.holdout_every": 5, "infer.head": "none"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny matrices gain nothing from threads, and on a shared 2-core box they thrash: 1 thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _retrain(tmp: Path, over: dict) -> RetrainStage:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from remembrall.config import _f, register_section
+from remembrall.config import register_section, setting
 
 
 @dataclass
@@ -19,14 +19,14 @@ class SelectConfig:
     sampler: Literal["embedding", "uniform"] = "embedding"
     #: Fraction of the stream to keep (both samplers); the embedding sampler keeps up to this many
     #: of the deduplicated candidates per window, ranked by entropy.
-    rate: float = _f(0.1, min=0.0, max=1.0)
-    window: int = _f(20, min=1, max=100000, help="entropy-ranking window (candidates)")
-    memory: int = _f(512, min=1, max=1000000, help="recently taken embeddings in the FAISS index")
-    k: int = _f(4, min=1, max=64, help="nearest taken neighbours that damp a candidate")
-    quantile: float = _f(0.5, min=0.01, max=0.99, help="quantile of NN distances that is 'near'")
-    ewma: float = _f(0.05, min=0.0001, max=1.0, help="step of the adaptive threshold")
-    min_distance: float = _f(0.02, min=0.0, max=2.0, help="cosine distance that is never 'new'")
-    bank_windows: float = _f(4.0, min=0.0, help="unspent label budget kept, in windows")
+    rate: float = setting(0.1, min=0.0, max=1.0)
+    window: int = setting(20, min=1, max=100000, help="entropy-ranking window (candidates)")
+    memory: int = setting(512, min=1, max=1000000, help="recently taken embeddings in the FAISS index")
+    k: int = setting(4, min=1, max=64, help="nearest taken neighbours that damp a candidate")
+    quantile: float = setting(0.5, min=0.01, max=0.99, help="quantile of NN distances that is 'near'")
+    ewma: float = setting(0.05, min=0.0001, max=1.0, help="step of the adaptive threshold")
+    min_distance: float = setting(0.02, min=0.0, max=2.0, help="cosine distance that is never 'new'")
+    bank_windows: float = setting(4.0, min=0.0, help="unspent label budget kept, in windows")
     uniform_mode: Literal["every", "random"] = "every"
     seed: int = 0
 
@@ -40,28 +40,28 @@ class LabelConfig:
     classes: list[str] = field(default_factory=list)
     #: auto = EfficientNet-Lite2 when its weights package is installed, else Lite0 at 320 px.
     teacher_model: Literal["auto", "efficientnet-lite0", "efficientnet-lite2"] = "auto"
-    teacher_image_size: int = _f(0, min=0, max=1024, help="0 = the model's default (Lite0 320, Lite2 260)")
+    teacher_image_size: int = setting(0, min=0, max=1024, help="0 = the model's default (Lite0 320, Lite2 260)")
     teacher_tta: bool = True
-    teacher_min_confidence: float = _f(0.3, min=0.0, max=1.0)
+    teacher_min_confidence: float = setting(0.3, min=0.0, max=1.0)
     #: Optional user-class -> list of ImageNet class names; empty = user classes are ImageNet names.
     teacher_class_map: dict[str, list[str]] = field(default_factory=dict)
     external_dir: str = "external"
-    pending: int = _f(10000, min=1, help="samples awaiting an external label")
+    pending: int = setting(10000, min=1, help="samples awaiting an external label")
 
 
 @dataclass
 class BufferConfig:
     """The replay memory (DESIGN §5 buffer)."""
 
-    capacity: int = _f(2000, min=1, max=10_000_000)
+    capacity: int = setting(2000, min=1, max=10_000_000)
     policy: Literal["reservoir", "class_balanced"] = "class_balanced"
-    holdout_every: int = _f(5, min=2, help="every k-th labelled sample goes to the held-out slice")
+    holdout_every: int = setting(5, min=2, help="every k-th labelled sample goes to the held-out slice")
     #: Newest held-out samples kept: validation should describe the scene as it is now (a long
     #: holdout rejects heads that adapted to a new scene; 30–60 did best on the drift benchmark).
-    holdout_capacity: int = _f(50, min=1)
+    holdout_capacity: int = setting(50, min=1)
     path: str = "buffer/replay.npz"
-    persist_every: int = _f(16, min=1, help="inserts between atomic saves")
-    persist_interval_s: float = _f(2.0, min=0.0)
+    persist_every: int = setting(16, min=1, help="inserts between atomic saves")
+    persist_interval_s: float = setting(2.0, min=0.0)
     on_corrupt: Literal["error", "rebuild"] = "rebuild"
     seed: int = 0
 
@@ -70,35 +70,35 @@ class BufferConfig:
 class RetrainConfig:
     """Few-shot retraining under a compute share, early stopping, hot-swap, base update."""
 
-    min_labels: int = _f(16, min=1, help="labelled samples before the first run")
-    every_labels: int = _f(32, min=1, help="new labels that trigger a run (cadence)")
-    drift_trigger: float = _f(0.15, min=0.0, max=2.0, help="scene drift (cosine) that triggers a run")
-    min_holdout: int = _f(10, min=1, help="held-out samples needed before a head can be validated")
-    lr: float = _f(0.003, min=0.0)
-    weight_decay: float = _f(1e-4, min=0.0)
-    batch_size: int = _f(64, min=1)
-    steps_per_slice: int = _f(5, min=1)
-    max_steps: int = _f(300, min=1)
-    warmup_steps: int = _f(20, min=0)
-    w1: float = _f(1.0, min=0.0)
-    w2: float = _f(1.0, min=0.0)
-    tau: float = _f(0.0)
-    delta_acc_max: float = _f(0.2, min=1e-6)
-    drift_max: float = _f(0.3, min=1e-6)
-    patience: int = _f(3, min=1, help="slices with S_t <= tau before stopping")
+    min_labels: int = setting(16, min=1, help="labelled samples before the first run")
+    every_labels: int = setting(32, min=1, help="new labels that trigger a run (cadence)")
+    drift_trigger: float = setting(0.15, min=0.0, max=2.0, help="scene drift (cosine) that triggers a run")
+    min_holdout: int = setting(10, min=1, help="held-out samples needed before a head can be validated")
+    lr: float = setting(0.003, min=0.0)
+    weight_decay: float = setting(1e-4, min=0.0)
+    batch_size: int = setting(64, min=1)
+    steps_per_slice: int = setting(5, min=1)
+    max_steps: int = setting(300, min=1)
+    warmup_steps: int = setting(20, min=0)
+    w1: float = setting(1.0, min=0.0)
+    w2: float = setting(1.0, min=0.0)
+    tau: float = setting(0.0)
+    delta_acc_max: float = setting(0.2, min=1e-6)
+    drift_max: float = setting(0.3, min=1e-6)
+    patience: int = setting(3, min=1, help="slices with S_t <= tau before stopping")
     early_stopping: bool = True  # false: every run takes max_steps (fixed-budget baseline)
-    share: float = _f(0.3, min=0.01, max=1.0, help="max share of compute time over the window")
-    share_window_s: float = _f(10.0, min=0.1)
-    max_backlog: int = _f(8, min=0)
-    preempt_s: float = _f(5.0, min=0.0, help="inference backlog this long ends a run (best head so far)")
-    threads: int = _f(1, min=0, help="torch threads in the retrain process, 0 = torch default")
+    share: float = setting(0.3, min=0.01, max=1.0, help="max share of compute time over the window")
+    share_window_s: float = setting(10.0, min=0.1)
+    max_backlog: int = setting(8, min=0)
+    preempt_s: float = setting(5.0, min=0.0, help="inference backlog this long ends a run (best head so far)")
+    threads: int = setting(1, min=0, help="torch threads in the retrain process, 0 = torch default")
     device: str = "cpu"
     reptile: bool = True
-    reptile_eps_min: float = _f(0.05, min=0.0, max=1.0)
-    reptile_eps_max: float = _f(0.5, min=0.0, max=1.0)
-    reptile_ewma: float = _f(0.1, min=0.0001, max=1.0)
-    republish_s: float = _f(5.0, min=0.1)
-    keep_versions: int = _f(10, min=2)
+    reptile_eps_min: float = setting(0.05, min=0.0, max=1.0)
+    reptile_eps_max: float = setting(0.5, min=0.0, max=1.0)
+    reptile_ewma: float = setting(0.1, min=0.0001, max=1.0)
+    republish_s: float = setting(5.0, min=0.1)
+    keep_versions: int = setting(10, min=2)
     seed: int = 0
 
 
