@@ -127,9 +127,81 @@ class Scraper(threading.Thread):
 
 
 # ------------------------------------------------------------------------------------ running
-def run_cli(args: list[str], log_path: Path, timeout: float, out_dir: Path | None = None
-            ) -> tuple[int, str, Scraper | None]:
-    """Run ``python -m remembrall ARGS`` (JSON logs to ``log_path``), scraping metrics if ``out_dir``."""
+class PacedCamera(threading.Thread):
+    """Plays a manifest like a camera: one line every ``1/fps`` s through a named pipe.
+
+    A file replay runs as fast as the pipeline takes it, so a system that retrains more slows the
+    stream down and gets more learning time per frame; a camera does not wait. The pipeline reads
+    the pipe as an ordinary manifest (a ``.jsonl`` source: file semantics, nothing dropped). The
+    manifest source first probes the file (reads up to 64 KiB), then reopens it for the lines: the
+    probe gets 64 KiB of blank lines, and a write that finds no reader waits for the next opener
+    while still holding the pipe open, so no line is lost between the two opens.
+    """
+
+    PROBE = 65536
+
+    def __init__(self, manifest: Path, fifo: Path, fps: float) -> None:
+        super().__init__(daemon=True, name="camera")
+        self.lines = [ln.rstrip("\n") + "\n" for ln in manifest.read_text(encoding="utf-8").splitlines()
+                      if ln.strip()]
+        self.fifo, self.period = fifo, 1.0 / fps
+        self.sent = 0
+        self.late_s = 0.0  # how far behind schedule the pipeline pushed the camera in total
+        self.error: str | None = None
+        self._halt = threading.Event()
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+
+    def _write(self, fd: int, data: bytes) -> int:
+        while data:
+            try:
+                n = os.write(fd, data)
+            except BrokenPipeError:  # the probe closed; wait for the reader of the lines
+                new = os.open(self.fifo, os.O_WRONLY)
+                os.close(fd)
+                fd = new
+                continue
+            data = data[n:]
+        return fd
+
+    def run(self) -> None:
+        fd = -1
+        try:
+            fd = os.open(self.fifo, os.O_WRONLY)  # blocks until the decode stage opens the source
+            fd = self._write(fd, b"\n" * self.PROBE)
+            start = time.monotonic()
+            for i, line in enumerate(self.lines):
+                if self._halt.is_set():
+                    break
+                due = start + i * self.period
+                now = time.monotonic()
+                if due > now:
+                    self._halt.wait(due - now)
+                else:
+                    self.late_s = max(self.late_s, now - due)
+                fd = self._write(fd, line.encode())
+                self.sent += 1
+        except OSError as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if fd >= 0:
+                os.close(fd)  # end of stream
+
+    def stop(self) -> None:
+        """Unblock and end the thread (e.g. the pipeline died before opening the pipe)."""
+        self._halt.set()
+        try:  # a reader that opens and closes releases a writer blocked in open()
+            os.close(os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        self.join(5)
+        self.fifo.unlink(missing_ok=True)
+
+
+def run_cli(args: list[str], log_path: Path, timeout: float, out_dir: Path | None = None,
+            camera: PacedCamera | None = None) -> tuple[int, str, Scraper | None]:
+    """Run ``python -m remembrall ARGS`` (JSON logs to ``log_path``), scraping metrics if ``out_dir``,
+    fed by ``camera`` if given."""
     env = dict(os.environ, REMEMBRALL_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
     scraper = Scraper(out_dir) if out_dir is not None else None
     with log_path.open("w", encoding="utf-8") as log:
@@ -137,6 +209,8 @@ def run_cli(args: list[str], log_path: Path, timeout: float, out_dir: Path | Non
                                 stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         if scraper is not None:
             scraper.start()
+        if camera is not None:
+            camera.start()
         try:
             stdout, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -151,6 +225,8 @@ def run_cli(args: list[str], log_path: Path, timeout: float, out_dir: Path | Non
             if scraper is not None:
                 scraper.done.set()
                 scraper.join(5)
+            if camera is not None:
+                camera.stop()
     return proc.returncode, stdout, scraper
 
 
@@ -402,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per pipeline run")
+    p.add_argument("--fps", type=float, default=30.0,
+                   help="camera rate the stream is played at (0: as fast as the pipeline takes it)")
     p.add_argument("--replot", type=Path, metavar="CURVES_JSON",
                    help="only redraw --plot from a previous run's WORK/curves.json")
     args = p.parse_args(argv)
@@ -441,14 +519,21 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out_dir, ignore_errors=True)
             out_dir.mkdir(parents=True)
             overrides = {"infer.head": str(base), **extra, **OVERRIDES[name]}
+            camera = PacedCamera(manifest, manifest.with_name("camera.jsonl"), args.fps) if args.fps > 0 else None
+            source = camera.fifo if camera is not None else manifest
             t0 = time.perf_counter()
-            rc, out, scraper = run_cli(["run", str(CONFIG), "--source", str(manifest), "--out", str(out_dir),
-                                        *set_args(overrides)], out_dir / "log.jsonl", args.timeout, out_dir)
+            rc, out, scraper = run_cli(["run", str(CONFIG), "--source", str(source), "--out", str(out_dir),
+                                        *set_args(overrides)], out_dir / "log.jsonl", args.timeout, out_dir, camera)
             wall = time.perf_counter() - t0
+            if camera is not None and (camera.error or camera.sent != len(camera.lines)):
+                raise BenchError(f"{name}: the paced camera sent {camera.sent} of {len(camera.lines)} frames "
+                                 f"({camera.error or 'the pipeline stopped reading'}); see {out_dir / 'log.jsonl'}")
             if rc != 0:
                 raise BenchError(f"{name}: remembrall run exited {rc}; see {out_dir / 'log.jsonl'}")
             res = summarize_system(name, out_dir, out_dir / "log.jsonl", scraper, info["frames"], info["segments"])
             res["wall_seconds"] = round(wall, 1)
+            res["camera_fps"] = args.fps or None
+            res["camera_max_lag_s"] = round(camera.late_s, 2) if camera is not None else None
             res["overrides"] = overrides
             results[name] = res
             print(f"{name}: accuracy {res['mean_accuracy']:.3f}, {res['labels_used']} labels, "
