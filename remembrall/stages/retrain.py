@@ -446,6 +446,9 @@ class RetrainStage(Stage):
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
+        # exported at zero from the start: rate()/increase() then see the first run too
+        m.RETRAIN_RUNS.labels(self.name, "")
+        m.RETRAIN_SECONDS.labels(self.name, "")
         inp = self.socket("labelled")
         # control sockets: nothing worth waiting for at exit (a SUB whose peer is gone would
         # otherwise hold the context open for the whole linger period with its subscription)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from remembrall.atomic import atomic_write_bytes
 from remembrall.config import SourceConfig
@@ -79,3 +82,37 @@ class SourceStage(Stage):
             return True
         m.DROPPED.labels(self.name, self.stream, "backpressure").inc()
         return False
+
+    def pump(self, items: Iterable[Any], to_message: Callable[[Any], Message], *, live: bool, resumable: bool,
+             failures: tuple[type[BaseException], ...]) -> tuple[int, int, BaseException | None]:
+        """Hand every item (anything with an ``index``) downstream as ``to_message(item)``.
+
+        A resumable source skips what a previous life of this stage already handed on and
+        checkpoints its progress every second. Returns (last index, items sent, the failure
+        that ended the source early or None).
+        """
+        skip_to = self.resume_after() if resumable else -1
+        if skip_to >= 0:
+            log.info("%s: restarted; resuming after item %d", self.name, skip_to)
+        latency = m.LATENCY.labels(self.name, self.stream)
+        last_saved, last_index, sent = time.monotonic(), skip_to, 0
+        failure = None
+        try:
+            t0 = time.perf_counter()
+            for item in items:
+                if self.stopping:
+                    break
+                if item.index > skip_to:
+                    msg = to_message(item)
+                    latency.observe(time.perf_counter() - t0)
+                    sent += self.emit(msg, live)
+                    last_index = item.index
+                    if resumable and time.monotonic() - last_saved >= 1.0:
+                        self.save_progress(last_index)
+                        last_saved = time.monotonic()
+                t0 = time.perf_counter()
+        except failures as exc:
+            failure = exc
+        if resumable:
+            self.save_progress(last_index)
+        return last_index, sent, failure

@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from remembrall.io.text_config import TextConfig
 from remembrall.io.text_lines import TextStats
-from remembrall.io.text_sources import DirectorySource, FileSource, TextSourceError, open_text_source
+from remembrall.io.text_sources import (
+    DirectorySource,
+    FileSource,
+    TextItem,
+    TextSourceError,
+    open_text_source,
+)
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
 from remembrall.stages.source import EXIT_BAD_SOURCE, SourceStage
@@ -50,49 +55,29 @@ class TextDecodeStage(SourceStage):
         # those already handed on. A followed file resumes by its own byte offset; stdin and
         # sockets cannot be re-read.
         resumable = isinstance(source, (FileSource, DirectorySource)) and not source.follows
-        skip_to = self.resume_after() if resumable else -1
-        if skip_to >= 0:
-            log.info("%s: restarted; resuming after record %d", self.name, skip_to)
-        latency = m.LATENCY.labels(self.name, stream)
         connected.set(1)
         log.info("%s: reading %s (%s, %s on backpressure)", self.name, src.uri,
                  "follow" if source.follows else "until end of input", "drop" if live else "block")
-        last_saved, last_index, sent = time.monotonic(), skip_to, 0
-        error = None
         try:
-            t0 = time.perf_counter()
-            for item in source:
-                if self.stopping:
-                    break
-                if item.index <= skip_to:
-                    t0 = time.perf_counter()
-                    continue
-                fields: dict[str, object] = {"text": item.text, "id": item.id, "position": item.position}
-                if item.label is not None:
-                    fields["label"] = item.label
-                if item.ts != item.ingest_ts:
-                    fields["event_ts"] = item.ts
-                msg = Message("tokens", stream=stream, seq=item.index, ts=item.ingest_ts, fields=fields)
-                latency.observe(time.perf_counter() - t0)
-                if self.emit(msg, live):
-                    sent += 1
-                last_index = item.index
-                now = time.monotonic()
-                if resumable and now - last_saved >= 1.0:
-                    self.save_progress(last_index)
-                    last_saved = now
-                t0 = time.perf_counter()
-        except (TextSourceError, OSError) as exc:
-            log.error("%s: text source %s failed: %s", self.name, src.uri, exc)
-            error = str(exc)
+            _, sent, failure = self.pump(source, self._tokens_message, live=live, resumable=resumable,
+                                         failures=(TextSourceError, OSError))
         finally:
             source.close()
             connected.set(0)
-        if resumable:
-            self.save_progress(last_index)
+        error = str(failure) if failure else None
+        if error:
+            log.error("%s: text source %s failed: %s", self.name, src.uri, error)
         summary = stats.as_dict()
         log.info("%s: end of stream %s: %d records sent, %d lines read, %d blank, %d truncated, dropped %s",
                  self.name, stream, sent, summary["lines"], summary["empty"], summary["truncated"],
                  summary["dropped"] or "none")
         self.send_eos(error)
         return EXIT_BAD_SOURCE if error else 0
+
+    def _tokens_message(self, item: TextItem) -> Message:
+        fields: dict[str, object] = {"text": item.text, "id": item.id, "position": item.position}
+        if item.label is not None:
+            fields["label"] = item.label
+        if item.ts != item.ingest_ts:
+            fields["event_ts"] = item.ts
+        return Message("tokens", stream=self.stream, seq=item.index, ts=item.ingest_ts, fields=fields)
