@@ -47,9 +47,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "text-bench.yaml"
 #: A small stream for ``--smoke``: the base mix, then both unseen topics.
 SMOKE_SCHEDULE = [SCHEDULE[0], SCHEDULE[2], SCHEDULE[3]]
-SMOKE_OVERRIDES = {"retrain.min_labels": 8, "retrain.every_labels": 8, "select.rate": 0.25,
-                   "retrain.max_steps": 60, "retrain.min_holdout": 4, "buffer.holdout_every": 4,
+SMOKE_OVERRIDES = {"retrain.min_labels": 6, "retrain.every_labels": 6, "select.rate": 0.25, "select.window": 8,
+                   "retrain.max_steps": 60, "retrain.min_holdout": 3, "buffer.holdout_every": 3,
                    "text.max_tokens": 32}
+#: Docs/s fed in --smoke: the few labels must reach the retrainer while the stream still runs.
+SMOKE_RATE = 15.0
 #: The learning systems are fed at this share of the static run's pipeline rate (so inference keeps
 #: up and the retrainer gets its turns), or of the encoder's rate without a static run.
 PACE_SHARE = 0.8
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, help="accuracy-over-time PNG")
     p.add_argument("--smoke", action="store_true", help="a tiny stream: checks the machinery in under a minute")
     p.add_argument("--work", type=Path, help="working folder (stream, base head, runs); default next to --json")
-    p.add_argument("--docs-per-segment", type=int, help="default 300 (smoke: 16)")
+    p.add_argument("--docs-per-segment", type=int, help="default 300 (smoke: 40)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
     p.add_argument("--timeout", type=float, default=400.0, help="seconds allowed per pipeline run")
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown or not systems:
         p.error(f"--systems: unknown {unknown}; choose from {SYSTEMS}")
-    dps = args.docs_per_segment or (16 if args.smoke else 300)
+    dps = args.docs_per_segment or (40 if args.smoke else 300)
     work = (args.work or args.json.parent / ("text-smoke" if args.smoke else "text-work")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -354,13 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"base head: {base_report['classes']} classes, held-out accuracy "
               f"{base_report['holdout_accuracy']:.3f} ({base_report['train']} train)", flush=True)
         eval_texts, _ = load_docs(work / "eval.jsonl")
-        embed_s = 2.0 if args.smoke else 12.0
+        embed_s = 1.0 if args.smoke else 12.0
         # the encoder alone right before and right after the static run (the pipeline's docs/s):
         # on a shared machine the load changes from minute to minute
         embeds = [embed_rate(encoder, eval_texts, icfg.batch_size, embed_s)]
         print(f"encoder alone: {embeds[0]['docs_per_s']:.1f} docs/s", flush=True)
         results: dict[str, dict[str, Any]] = {}
-        rate = args.rate
+        rate = args.rate or (SMOKE_RATE if args.smoke else 0.0)
         for name in sorted(systems, key=SYSTEMS.index):  # static first: it sets the feed rate
             if name != "static" and not rate:
                 measured = results["static"]["docs_per_s"] if "static" in results else None
