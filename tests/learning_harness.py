@@ -67,7 +67,7 @@ def send(sock: zmq.Socket, msg: Message) -> None:
     sock.send_multipart(encode_message(msg), copy=False)
 
 
-def collect_until_eos(sock: zmq.Socket, streams: int = 1, timeout_s: float = 30.0) -> list[Message]:
+def collect_until_eos(sock: zmq.Socket, streams: int = 1, timeout_s: float = 120.0) -> list[Message]:
     out, eos = [], 0
     deadline = time.monotonic() + timeout_s
     while eos < streams:

@@ -69,7 +69,7 @@ class Stage:
         self.spec = spec
         self.name = spec.name
         self.cfg: Config = config_from_plain(spec.config)
-        self.ctx = zmq.Context.instance()
+        self.ctx = zmq.Context()  # its own: close() terminates it, and must not stop anyone else
         self.stopping = False
         self._sockets: dict[str, zmq.Socket] = {}
         self._malformed_logged = 0
