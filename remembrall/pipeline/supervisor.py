@@ -279,6 +279,14 @@ class Supervisor:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        # resume points serve a stage restarted within this run; a new run reads its files anew
+        shutil.rmtree(self.out_dir / "progress", ignore_errors=True)
+        # the sink appends (a restarted sink keeps what it wrote); a new run starts a new file
+        # and keeps the previous run's beside it
+        predictions = self.out_dir / self.cfg.sink.path
+        if predictions.exists() and predictions.stat().st_size:
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(predictions.stat().st_mtime))
+            predictions.rename(predictions.with_name(f"{predictions.stem}.{stamp}{predictions.suffix}"))
         self._write_specs()
         self._start_metrics()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
