@@ -285,8 +285,11 @@ class Supervisor:
         # and keeps the previous run's beside it
         predictions = self.out_dir / self.cfg.sink.path
         if predictions.exists() and predictions.stat().st_size:
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(predictions.stat().st_mtime))
-            predictions.rename(predictions.with_name(f"{predictions.stem}.{stamp}{predictions.suffix}"))
+            mtime = predictions.stat().st_mtime
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(mtime)) + f".{int(mtime * 1e6) % 1_000_000:06d}"
+            kept = predictions.with_name(f"{predictions.stem}.{stamp}{predictions.suffix}")
+            if not kept.exists():
+                predictions.rename(kept)
         self._write_specs()
         self._start_metrics()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
