@@ -303,7 +303,12 @@ class RetrainStage(Stage):
         xv, yv = (mem.dataset("holdout") if mem else (np.zeros((0, 0), np.float32), []))
         held = set(mem.train.ids) | set(mem.holdout.ids) if mem else set()
         extra: dict[str, list[Any]] = {"train": [], "holdout": []}
-        for sid, (emb, label, split) in st.recent.items():
+        # Only the labels the buffer has not persisted yet (the newest ones) join the buffer's
+        # data: older recent labels absent from the file were evicted by its policy, and
+        # bringing them back would bypass buffer.capacity and holdout_capacity.
+        unpersisted = max(0, st.labels_total - (mem.seen if mem else 0))
+        newest = list(st.recent.items())[-unpersisted:] if unpersisted else []
+        for sid, (emb, label, split) in newest:
             if sid not in held and split in extra:
                 extra[split].append((emb, label))
         dim = xs.shape[1] if len(ys) else (xv.shape[1] if len(yv) else None)
