@@ -418,7 +418,11 @@ def summarize_system(name: str, out_dir: Path, log_path: Path, scraper: Scraper 
 
 
 # ------------------------------------------------------------------------------------ plot
-def plot(path: Path, results: dict[str, dict[str, Any]], segments: list[dict[str, Any]]) -> None:
+def plot(path: Path, results: dict[str, dict[str, Any]], segments: list[dict[str, Any]], *,
+         unit: str = "frame",
+         title: str = "Drifting Fashion-MNIST stream through the pipeline: accuracy over time, same label budget",
+         ) -> None:
+    """Accuracy over time, one curve per system, segment boundaries marked (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -434,12 +438,12 @@ def plot(path: Path, results: dict[str, dict[str, Any]], segments: list[dict[str
                       f"{res['retrain_seconds']:.1f} s retraining")
     for s in segments:
         ax.axvline(s["start"], color="#bbbbbb", lw=0.8)
-        ax.text(s["start"] + 10, 0.985, s["name"], fontsize=8, va="top", color="#444444")
+        ax.text(s["start"] + 5, 1.03, s["name"], fontsize=7, va="top", color="#444444")
     ax.set_ylim(0, 1.05)
     ax.set_xlim(0, segments[-1]["end"])
-    ax.set_xlabel("frame")
-    ax.set_ylabel(f"prequential accuracy (rolling {ROLLING} frames)")
-    ax.set_title("Drifting Fashion-MNIST stream through the pipeline: accuracy over time, same label budget")
+    ax.set_xlabel(unit)
+    ax.set_ylabel(f"prequential accuracy (rolling {ROLLING} {unit.split()[0]}s)")
+    ax.set_title(title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")

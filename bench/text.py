@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine, measure_rate, print_table, write_json
-from bench.continual import OVERRIDES, ROLLING, SYSTEMS, BenchError, run_cli, set_args, summarize_system
+from bench.continual import OVERRIDES, SYSTEMS, BenchError, plot, run_cli, set_args, summarize_system
 from bench.text_stream import SCHEDULE, build_text_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,36 +241,6 @@ def embed_rate(encoder: Any, texts: list[str], batch: int, seconds: float) -> di
 
 
 # ------------------------------------------------------------------------------------ plot
-def plot(path: Path, results: dict[str, dict[str, Any]], segments: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 5.4), dpi=110)
-    styles = {"static": ("#888888", "-"), "uniform": ("#1f77b4", "-"), "remembrall": ("#d62728", "-"),
-              "all_labels": ("#2ca02c", "--")}
-    for name, res in results.items():
-        color, ls = styles.get(name, (None, "-"))
-        ax.plot(res["seqs"], res["rolling"], ls, color=color, lw=1.6,
-                label=f"{name}: mean {res['mean_accuracy']:.3f}, {res['labels_used']} labels, "
-                      f"{res['retrain_seconds']:.1f} s retraining")
-    for s in segments:
-        ax.axvline(s["start"], color="#bbbbbb", lw=0.8)
-        ax.text(s["start"] + 5, 1.03, s["name"], fontsize=7, va="top", color="#444444")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlim(0, segments[-1]["end"])
-    ax.set_xlabel("document (after the base segment)")
-    ax.set_ylabel(f"prequential accuracy (rolling {ROLLING} documents)")
-    ax.set_title("Drifting BBC News stream through the text pipeline: accuracy over time, same label budget")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------ main
 def run_system(name: str, work: Path, info: dict[str, Any], base: Path, extra: dict[str, Any], rate: float,
                timeout: float) -> dict[str, Any]:
@@ -386,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                         "labels_used", "retrain_seconds")}
                                                   for n, r in results.items()}})
     if args.plot:
-        plot(args.plot, results, info["eval_segments"])
+        plot(args.plot, results, info["eval_segments"], unit="document (after the base segment)",
+             title="Drifting BBC News stream through the text pipeline: accuracy over time, same label budget")
     print_report(report)
     print(f"results: {args.json}" + (f", plot: {args.plot}" if args.plot else ""))
     return 0
