@@ -12,21 +12,7 @@ import pytest
 
 from remembrall.config import SourceConfig
 from remembrall.io.errors import SourceError
-from remembrall.io.video import VideoFrame, open_source
-
-
-class Stats:
-    def __init__(self) -> None:
-        self.errors = 0
-
-    def decode_error(self, n: int = 1) -> None:
-        self.errors += n
-
-    def reconnect(self) -> None:
-        pass
-
-    def connected(self, up: bool) -> None:
-        pass
+from remembrall.io.video import CountingStats, VideoFrame, open_source
 
 
 def write_image(path: Path, rgb: np.ndarray) -> Path:
@@ -74,7 +60,7 @@ def test_manifest_good_and_bad_lines(tmp_path: Path, caplog) -> None:
         {"image": str(blue), "label": "blue", "id": 42},                    # 10 absolute path
         {"image": "imgs/red.png"},                                          # 11 unlabelled
     ])
-    stats = Stats()
+    stats = CountingStats()
     caplog.set_level(logging.WARNING, logger="remembrall.io.manifest")
     src = open_source(SourceConfig(uri=str(manifest)), 32, 24, stats=stats)
     assert src.live is False
@@ -114,7 +100,7 @@ def test_manifest_errors_at_open(tmp_path: Path) -> None:
 
 def test_manifest_with_nothing_usable_ends_cleanly(tmp_path: Path, caplog) -> None:
     manifest = write_jsonl(tmp_path / "m.jsonl", ["garbage"] * 30)
-    stats = Stats()
+    stats = CountingStats()
     caplog.set_level(logging.WARNING, logger="remembrall.io.manifest")
     assert list(open_source(SourceConfig(uri=str(manifest), loop=0), None, None, stats=stats)) == []
     assert stats.errors == 30
@@ -133,7 +119,7 @@ def test_sidecar_labels_by_frame_and_pts(tmp_path: Path, make_video) -> None:
         {"frame": -1, "label": "bad"},
         {"label": "no position"},
     ])
-    stats = Stats()
+    stats = CountingStats()
     frames = list(open_source(SourceConfig(uri=str(video), loop=2), 16, 16, stats=stats))
     assert len(frames) == 40
     labelled = {f.index: (f.label, f.id) for f in frames if f.label is not None}

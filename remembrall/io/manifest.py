@@ -28,7 +28,7 @@ import av
 import numpy as np
 
 from remembrall.io.errors import SourceError
-from remembrall.io.video import FrameSource, SourceStats, VideoFrame, _NullStats
+from remembrall.io.video import CountingStats, FrameSource, SourceStats, VideoFrame
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def load_sidecar(video: Path, configured: str | None, stats: SourceStats | None 
     if path is None:
         return None
     labels = SidecarLabels(path)
-    bad = _BadLines(path, stats if stats is not None else _NullStats())
+    bad = _BadLines(path, stats if stats is not None else CountingStats())
     try:
         lines = list(_read_lines(path))
     except OSError as exc:

@@ -65,15 +65,22 @@ class SourceStats(Protocol):
     def connected(self, up: bool) -> None: ...
 
 
-class _NullStats:
+class CountingStats:
+    """A :class:`SourceStats` that only counts: for callers without metrics (fit-base, tests)."""
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.reconnects = 0
+        self.up = False
+
     def decode_error(self, n: int = 1) -> None:
-        pass
+        self.errors += n
 
     def reconnect(self) -> None:
-        pass
+        self.reconnects += 1
 
     def connected(self, up: bool) -> None:
-        pass
+        self.up = up
 
 
 def redact(uri: str) -> str:
@@ -195,7 +202,7 @@ class FrameSource:
         self.width = width
         self.height = height
         self.threads = threads
-        self.stats: SourceStats = stats if stats is not None else _NullStats()
+        self.stats: SourceStats = stats if stats is not None else CountingStats()
         self.should_stop = should_stop
         self.max_decode_errors = max_decode_errors
         self.fps: float | None = None

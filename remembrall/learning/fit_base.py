@@ -38,22 +38,6 @@ class FitBaseError(ValueError):
     """Input that cannot give a usable base head; the message says what to fix."""
 
 
-class _CountingStats:
-    """Counts the lines/frames a source had to skip (reported at the end)."""
-
-    def __init__(self) -> None:
-        self.errors = 0
-
-    def decode_error(self, n: int = 1) -> None:
-        self.errors += n
-
-    def reconnect(self) -> None:
-        pass
-
-    def connected(self, up: bool) -> None:
-        pass
-
-
 def output_path(cfg: Config, output: str | None) -> Path:
     """Where the head goes: ``--output``, else ``infer.head`` when that is a path."""
     if output:
@@ -70,13 +54,13 @@ def embed_labelled_source(cfg: Config, uri: str) -> tuple[np.ndarray, list[str],
     Frames are decoded and resized exactly as the decode stage does and embedded by the backbone
     infer uses, so the head sees at training time what it will see when served.
     """
-    from remembrall.io.video import open_source
+    from remembrall.io.video import CountingStats, open_source
     from remembrall.models.backbone import VisionBackbone
 
     src = copy.deepcopy(cfg.sources[0])
     src.uri = uri
     src.loop = 1  # one pass over the footage, even if the run config loops it
-    stats = _CountingStats()
+    stats = CountingStats()
     try:
         source = open_source(src, cfg.decode.width, cfg.decode.height, threads=cfg.decode.threads, stats=stats,
                              max_decode_errors=cfg.decode.max_decode_errors)
