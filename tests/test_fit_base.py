@@ -125,3 +125,27 @@ def test_split_holdout_is_stratified_and_seeded() -> None:
     tr2, ho2 = split_holdout(labels, 0.2, seed=1)
     assert ho.tolist() == ho2.tolist()
     assert split_holdout(labels, 0.2, seed=2)[1].tolist() != ho.tolist()
+
+
+def test_fit_base_trains_a_text_head_from_labelled_lines(tmp_path):
+    """Text sources get a base head too: MiniLM embeddings, the same training, infer.text_head."""
+    import json
+    import subprocess
+    import sys
+
+    from remembrall.models.heads import load_head
+
+    lines = []
+    for i in range(24):
+        lines.append({"text": f"the striker scored a late goal in match {i} of the league", "label": "sport"})
+        lines.append({"text": f"shares fell as the central bank raised rates, report {i}", "label": "business"})
+    src = tmp_path / "news.jsonl"
+    src.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json but plain text without a label\n")
+    out = tmp_path / "text-base.pt"
+    r = subprocess.run([sys.executable, "-m", "remembrall", "fit-base", "configs/text.yaml", "--source", str(src),
+                        "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    head, meta = load_head(out)
+    assert meta.in_dim == 384 and sorted(meta.classes) == ["business", "sport"]
+    assert meta.extra["backbone"] == "all-MiniLM-L6-v2"
+    assert meta.val_accuracy is not None and meta.val_accuracy >= 0.9

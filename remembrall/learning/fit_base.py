@@ -38,14 +38,54 @@ class FitBaseError(ValueError):
     """Input that cannot give a usable base head; the message says what to fix."""
 
 
-def output_path(cfg: Config, output: str | None) -> Path:
-    """Where the head goes: ``--output``, else ``infer.head`` when that is a path."""
+def output_path(cfg: Config, output: str | None, modality: str = "video") -> Path:
+    """Where the head goes: ``--output``, else ``infer.head`` (``infer.text_head``) when a path."""
     if output:
         return Path(output).expanduser()
-    if cfg.infer.head in ("imagenet", "none", ""):
-        raise ConfigError(f"infer.head is {cfg.infer.head!r}, not a file: give --output PATH "
-                          "(and set infer.head to that path to serve it)")
-    return Path(cfg.infer.head).expanduser()
+    key = "text_head" if modality == "text" else "head"
+    value = getattr(cfg.infer, key)
+    if value in ("imagenet", "none", ""):
+        raise ConfigError(f"infer.{key} is {value!r}, not a file: give --output PATH "
+                          f"(and set infer.{key} to that path to serve it)")
+    return Path(value).expanduser()
+
+
+def embed_labelled_text(cfg: Config, uri: str) -> tuple[np.ndarray, list[str], int]:
+    """Embed every labelled record of a finite text source (JSON Lines with ``text`` and ``label``)
+    with the encoder infer uses: ``(N×384 embeddings, labels, skipped records)``."""
+    from remembrall.io.text_config import TextConfig
+    from remembrall.io.text_lines import TextStats
+    from remembrall.io.text_sources import TextSourceError, open_text_source
+    from remembrall.models.text_encoder import TextEncoder
+
+    src = copy.deepcopy(cfg.sources[0])
+    src.uri, src.modality = uri, "text"
+    tcfg = cfg.extra.get("text") or TextConfig()
+    stats = TextStats(tcfg.log_errors)
+    try:
+        source = open_text_source(src, tcfg, stats, lambda: False)
+    except TextSourceError as exc:
+        raise FitBaseError(f"cannot read {uri}: {exc}") from None
+    if source.follows or source.live:
+        source.close()
+        raise FitBaseError(f"{uri} is a live text source; fit-base needs a finite labelled file")
+    texts: list[str] = []
+    labels: list[str] = []
+    unlabelled = 0
+    try:
+        for item in source:
+            if item.label is None:
+                unlabelled += 1
+                continue
+            texts.append(item.text)
+            labels.append(item.label)
+    finally:
+        source.close()
+    if not labels:
+        raise FitBaseError(f'{uri}: no labelled record ({unlabelled} unlabelled); a line is {{"text": ..., "label": NAME}}')
+    encoder = TextEncoder.from_config(tcfg, cfg.infer.device, cfg.infer.threads)
+    x = np.concatenate([encoder.embed(texts[i:i + EMBED_BATCH]) for i in range(0, len(texts), EMBED_BATCH)])
+    return x.astype(np.float32), labels, unlabelled + sum(stats.as_dict()["dropped"].values())
 
 
 def embed_labelled_source(cfg: Config, uri: str) -> tuple[np.ndarray, list[str], int]:
@@ -158,16 +198,24 @@ def fit_base(cfg: Config, x: np.ndarray, labels: list[str], classes: list[str] |
 
 def fit_base_main(cfg: Config, args: argparse.Namespace) -> int:
     """CLI entry: ``remembrall fit-base CONFIG --source manifest.jsonl [--output PATH]``."""
+    from remembrall.pipeline.graph import detect_modality
+
     uri = getattr(args, "source", None) or cfg.sources[0].uri
-    out = output_path(cfg, getattr(args, "output", None))
+    probe = copy.deepcopy(cfg.sources[0])
+    probe.uri = uri
+    modality = detect_modality(probe)
+    out = output_path(cfg, getattr(args, "output", None), modality)
     label_cfg = cfg.extra.get("label")
     classes = list(label_cfg.classes) if label_cfg is not None and label_cfg.classes else None
     try:
         t0 = time.perf_counter()
-        x, labels, skipped = embed_labelled_source(cfg, uri)
+        embed = embed_labelled_text if modality == "text" else embed_labelled_source
+        x, labels, skipped = embed(cfg, uri)
         embed_s = time.perf_counter() - t0
         head, meta, report = fit_base(cfg, x, labels, classes)
         meta.extra["source_uri"] = uri
+        if modality == "text":
+            meta.extra.update(backbone="all-MiniLM-L6-v2", image_size=None, decode_size=None)
         out.parent.mkdir(parents=True, exist_ok=True)
         save_head(out, head, meta)
     except FitBaseError as exc:
