@@ -26,14 +26,21 @@ def spec(tmp: Path, name: str, type_: str, inputs: dict[str, str], outputs: dict
                      config=config_to_dict(cfg), run_dir=str(tmp), out_dir=str(tmp))
 
 
-def start(stage: Any) -> threading.Thread:
-    """Run a stage in a thread with its own ZeroMQ context (Stage.close() terminates it)."""
+def start(stage: Any, hold: threading.Event | None = None) -> threading.Thread:
+    """Run a stage in a thread with its own ZeroMQ context (Stage.close() terminates it).
+
+    With ``hold``, a finished stage keeps its sockets open until the event is set, as the
+    supervisor's release protocol does: a PUSH peer that closes while its consumer is behind
+    can lose the tail of the stream (end-of-stream included).
+    """
     stage.ctx = zmq.Context()
     result: dict[str, Any] = {}
 
     def main() -> None:
         try:
             result["rc"] = stage.run()
+            if hold is not None:
+                hold.wait(120)
         finally:
             stage.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import zmq
 
@@ -30,7 +32,8 @@ def test_select_label_buffer_chain(tmp_path) -> None:
                            {"labelled": f"push+connect:{ipc(tmp_path, 'out')}"}, over))
     out = ctx.socket(zmq.PULL)
     out.bind(ipc(tmp_path, "out"))
-    threads = [start(s) for s in (sel, lab, buf)]
+    hold = threading.Event()  # stages close only once the chain has drained (the supervisor's release)
+    threads = [start(s, hold) for s in (sel, lab, buf)]
     push = pusher(ctx, ipc(tmp_path, "sel"))
     rng = np.random.default_rng(0)
     static = rng.normal(size=1280)
@@ -51,6 +54,7 @@ def test_select_label_buffer_chain(tmp_path) -> None:
     push.send_multipart([b"\xc1garbage"])
     send(push, Message("eos", stream="cam"))
     got = collect_until_eos(out)
+    hold.set()
     for t in threads:
         t.join(30)
         assert not t.is_alive() and t.result["rc"] == 0
