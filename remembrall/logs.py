@@ -28,6 +28,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (it may be replaced)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def setup_logging(level: str = "info", component: str = "remembrall", json_logs: bool | None = None) -> None:
     """Configure the root logger once per process.
 
@@ -37,7 +49,7 @@ def setup_logging(level: str = "info", component: str = "remembrall", json_logs:
     if json_logs is None:
         fmt = os.environ.get("REMEMBRALL_LOG_FORMAT", "").lower()
         json_logs = fmt == "json" if fmt in ("json", "text") else not sys.stderr.isatty()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if json_logs:
         handler.setFormatter(JsonFormatter(component))
     else:
