@@ -68,3 +68,52 @@ def test_followed_file_through_the_whole_pipeline(tmp_path: Path) -> None:
     assert all("model_version" in p and "pred" in p for p in preds)
     assert f"{log_path}:3" in stderr.decode()  # the bad line, reported with its position
     assert b"text0: 3 predictions" in stdout
+
+
+def test_a_video_and_a_text_stream_in_one_pipeline(tmp_path: Path, make_video) -> None:
+    """Two sources, one supervisor, one metrics endpoint: frames and lines come out side by side."""
+    from tests.pipeline_helpers import Run, metric_value, wait_for
+
+    video = make_video(tmp_path / "cam.mp4", frames=24, size=(96, 96))
+    notes = tmp_path / "notes.log"
+    notes.write_text('{"text": "the match ended in a draw", "id": "t1", "label": "sport"}\n')
+    config = tmp_path / "mixed.yaml"
+    config.write_text(f"""
+sources:
+  - id: cam
+    uri: {video}
+  - id: notes
+    uri: follow://{notes}
+    modality: text
+decode: {{width: 96, height: 96}}
+infer: {{image_size: 96, batch_size: 8, max_wait_ms: 5, head: imagenet, text_head: none}}
+text: {{poll_interval_s: 0.05}}
+learn: false
+sink: {{flush_every: 1}}
+""")
+    run = Run(tmp_path / "out", config=str(config), env={"REMEMBRALL_RUN_DIR": str(tmp_path / "run")})
+    try:
+        def streams() -> set[str]:
+            return {p["stream"] for p in _predictions(run.out / "predictions.jsonl")}
+
+        # the video is finite; the followed text file keeps the pipeline up until SIGINT
+        wait_for(lambda: streams() == {"cam", "notes"}, timeout=150, what=f"both streams:\n{run.log()[-3000:]}")
+        wait_for(lambda: sum(p["stream"] == "cam" for p in _predictions(run.out / "predictions.jsonl")) == 24,
+                 timeout=60, what="every frame")
+        status, text = run.scrape()
+        assert status == 200
+        for stream in ("cam", "notes"):
+            assert metric_value(text, "remembrall_frames_total", stage="infer", stream=stream) > 0, stream
+        with notes.open("a") as f:
+            f.write("a second line arrives after the video ended\n")
+        wait_for(lambda: sum(p["stream"] == "notes" for p in _predictions(run.out / "predictions.jsonl")) == 2,
+                 timeout=60, what="the appended line")
+    finally:
+        run.stop()
+    assert run.proc.returncode == 0, run.log()[-3000:]
+    preds = _predictions(run.out / "predictions.jsonl")
+    cam = [p for p in preds if p["stream"] == "cam"]
+    text = [p for p in preds if p["stream"] == "notes"]
+    assert sorted(p["seq"] for p in cam) == list(range(24))
+    assert [p["id"] for p in text] == ["t1", f"{notes}:2"] and text[0]["label"] == "sport"
+    assert all("pred" in p and "model_version" in p for p in preds)
