@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -92,28 +93,26 @@ learn: false
 sink: {{flush_every: 1}}
 """)
     run = Run(tmp_path / "out", config=str(config), env={"REMEMBRALL_RUN_DIR": str(tmp_path / "run")})
-    try:
-        def streams() -> set[str]:
-            return {p["stream"] for p in _predictions(run.out / "predictions.jsonl")}
 
+    def per_stream() -> Counter[str]:
+        return Counter(p["stream"] for p in _predictions(run.out / "predictions.jsonl"))
+
+    try:
         # the video is finite; the followed text file keeps the pipeline up until SIGINT
-        wait_for(lambda: streams() == {"cam", "notes"}, timeout=150, what=f"both streams:\n{run.log()[-3000:]}")
-        wait_for(lambda: sum(p["stream"] == "cam" for p in _predictions(run.out / "predictions.jsonl")) == 24,
-                 timeout=60, what="every frame")
-        status, text = run.scrape()
+        wait_for(lambda: per_stream() == {"cam": 24, "notes": 1}, timeout=150, what="every frame and the first line")
+        status, exposition = run.scrape()
         assert status == 200
         for stream in ("cam", "notes"):
-            assert metric_value(text, "remembrall_frames_total", stage="infer", stream=stream) > 0, stream
+            assert metric_value(exposition, "remembrall_frames_total", stage="infer", stream=stream) > 0, stream
         with notes.open("a") as f:
             f.write("a second line arrives after the video ended\n")
-        wait_for(lambda: sum(p["stream"] == "notes" for p in _predictions(run.out / "predictions.jsonl")) == 2,
-                 timeout=60, what="the appended line")
+        wait_for(lambda: per_stream()["notes"] == 2, timeout=60, what="the appended line")
     finally:
         run.stop()
     assert run.proc.returncode == 0, run.log()[-3000:]
     preds = _predictions(run.out / "predictions.jsonl")
     cam = [p for p in preds if p["stream"] == "cam"]
-    text = [p for p in preds if p["stream"] == "notes"]
+    lines = [p for p in preds if p["stream"] == "notes"]
     assert sorted(p["seq"] for p in cam) == list(range(24))
-    assert [p["id"] for p in text] == ["t1", f"{notes}:2"] and text[0]["label"] == "sport"
+    assert [p["id"] for p in lines] == ["t1", f"{notes}:2"] and lines[0]["label"] == "sport"
     assert all("pred" in p and "model_version" in p for p in preds)
