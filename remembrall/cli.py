@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -91,9 +90,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     _preflight(cfg)
     out_dir = Path(cfg.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    from remembrall.pipeline.rundir import RunDir, remove_stale_run_dirs
+
     base = cfg.run_dir or os.environ.get("REMEMBRALL_RUN_DIR") or tempfile.gettempdir()
-    Path(base).mkdir(parents=True, exist_ok=True)
-    sock_dir = Path(tempfile.mkdtemp(prefix="remembrall-", dir=base))
+    run_dir = RunDir(base)
+    remove_stale_run_dirs(base)
+    sock_dir = run_dir.path
     metrics_dir = sock_dir / "metrics"
     metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -103,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         rc = sup.run()
     finally:
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        run_dir.remove()
     summary = summarize(out_dir / cfg.sink.path)
     summary["exit_status"] = rc
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -102,6 +102,9 @@ class SupervisorConfig:
     max_restarts: int = setting(10, min=0)
     drain_timeout_s: float = setting(60.0, min=1.0)
     stage_idle_drain_s: float = setting(5.0, min=0.1)
+    #: A stage whose supervisor died saves what it holds locally and exits; past this many
+    #: seconds it exits however far it got.
+    orphan_exit_s: float = setting(5.0, min=0.5, max=60.0)
 
 
 @dataclass

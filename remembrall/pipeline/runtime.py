@@ -4,7 +4,9 @@ A stage is started by the supervisor as ``python -m remembrall.pipeline.worker S
 spec names the stage's class, its input/output endpoints, the streams it should expect and the
 whole validated config. Subclasses implement :meth:`Stage.run` and use the helpers here so that
 malformed input is always counted and logged, never fatal, and SIGTERM always means "finish
-what you hold, tell downstream, exit 0".
+what you hold, tell downstream, exit 0" — within ``supervisor.drain_timeout_s``: no wait of a
+drain is unbounded. A stage whose supervisor died does not drain (see
+:mod:`remembrall.pipeline.lifeline`): it saves what it holds locally and exits.
 """
 
 from __future__ import annotations
@@ -23,9 +25,15 @@ import zmq
 from remembrall.config import Config, config_from_plain
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.endpoints import open_socket
+from remembrall.pipeline.lifeline import EXIT_ORPHANED, PARENT_DEATH_SIGNAL, Lifeline
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
 
 log = logging.getLogger(__name__)
+
+
+class SupervisorGone(Exception):
+    """Raised where a stage would hand something to a peer after its supervisor died: nobody will
+    read it, so the stage stops there and only saves what it holds locally."""
 
 
 @dataclass
@@ -51,6 +59,9 @@ class StageSpec:
     #: exits right after its last send can lose what the receiver had not yet read.
     done_file: str = ""
     release_file: str = ""
+    #: The supervisor's pid: a stage that outlives it is an orphan and exits (0: no supervisor,
+    #: e.g. a stage run by a test harness).
+    supervisor_pid: int = 0
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1, sort_keys=True)
@@ -70,11 +81,30 @@ class Stage:
         self.name = spec.name
         self.cfg: Config = config_from_plain(spec.config)
         self.ctx = zmq.Context()  # its own: close() terminates it, and must not stop anyone else
-        self.stopping = False
+        self.lifeline = Lifeline(spec.supervisor_pid, self.cfg.supervisor.orphan_exit_s)
+        self._stopping_since: float | None = None
         self._sockets: dict[str, zmq.Socket] = {}
         self._malformed_logged = 0
+        self._drain_timeouts = 0
 
     # ----------------------------------------------------------------- lifecycle
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop (SIGTERM, or the supervisor is gone): finish up, take nothing new."""
+        return self._stopping_since is not None
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        if not value:
+            self._stopping_since = None
+        elif self._stopping_since is None:
+            self._stopping_since = time.monotonic()
+
+    @property
+    def orphaned(self) -> bool:
+        """The supervisor is gone: hand nothing to peers, save local state, exit."""
+        return self.lifeline.gone
+
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, _frame: Any) -> None:
             if self.stopping:
@@ -83,8 +113,16 @@ class Stage:
             log.info("%s: %s received, draining", self.name, signal.Signals(signum).name)
             self.stopping = True
 
+        def _orphaned(_signum: int, _frame: Any) -> None:
+            if not self.orphaned:
+                log.warning("%s: the supervisor is gone; saving local state and exiting without draining",
+                            self.name)
+            self.lifeline.supervisor_gone()
+            self.stopping = True
+
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        signal.signal(PARENT_DEATH_SIGNAL, _orphaned)
 
     def run(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -97,17 +135,18 @@ class Stage:
         Path(self.spec.done_file).write_text(str(os.getpid()))
         release = Path(self.spec.release_file)
         deadline = time.monotonic() + self.cfg.supervisor.drain_timeout_s
-        while not release.exists() and time.monotonic() < deadline:
+        while not release.exists() and time.monotonic() < deadline and not self.orphaned:
             time.sleep(0.05)
 
     def close(self) -> None:
         """Close every socket, then wait (up to each socket's linger) for queued messages to leave.
 
         Without the explicit ``term()`` the process would exit with messages still queued in
-        ZeroMQ's I/O thread, silently losing the tail of a file run.
+        ZeroMQ's I/O thread, silently losing the tail of a file run. An orphan waits for nobody.
         """
+        linger = 0 if self.orphaned else None
         for sock in self._sockets.values():
-            sock.close()
+            sock.close(linger=linger)
         self._sockets.clear()
         self.ctx.term()
 
@@ -138,9 +177,13 @@ class Stage:
     def send(self, sock: zmq.Socket, msg: Message, *, block: bool = True, timeout_ms: int | None = None) -> bool:
         """Send ``msg``. Non-blocking sends return False when the peer queue is full.
 
-        A blocking send waits until the peer takes it (a file run loses nothing); a second
-        SIGTERM exits hard if the peer never comes back.
+        A blocking send waits until the peer takes it (a file run loses nothing), or until
+        ``timeout_ms``. While stopping, no send waits past the drain deadline
+        (``supervisor.drain_timeout_s`` after the stop began): what is still undelivered then is
+        counted (``reason="drain_timeout"``). Raises :class:`SupervisorGone` once the supervisor died.
         """
+        if self.orphaned:
+            raise SupervisorGone(self.name)
         parts = encode_message(msg)
         if not block:
             try:
@@ -150,11 +193,35 @@ class Stage:
                 return False
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
         while True:
-            if sock.poll(100, zmq.POLLOUT):
+            now = time.monotonic()
+            drain_deadline = self._drain_deadline()
+            limit = min((d for d in (deadline, drain_deadline) if d is not None), default=now + 0.1)
+            if sock.poll(int(max(0.0, min(0.1, limit - now)) * 1000), zmq.POLLOUT):
                 sock.send_multipart(parts, copy=False)
                 return True
-            if deadline is not None and time.monotonic() >= deadline:
+            if self.orphaned:
+                raise SupervisorGone(self.name)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return False
+            if drain_deadline is not None and now >= drain_deadline:
+                self._count_drain_timeout(msg)
+                return False
+
+    def _drain_deadline(self) -> float | None:
+        """When a stopping stage stops waiting for its consumers; None while not stopping."""
+        if self._stopping_since is None:
+            return None
+        return self._stopping_since + self.cfg.supervisor.drain_timeout_s
+
+    def _count_drain_timeout(self, msg: Message) -> None:
+        if msg.kind != "eos":
+            m.DROPPED.labels(self.name, msg.stream, "drain_timeout").inc()
+        self._drain_timeouts += 1
+        if self._drain_timeouts == 1:
+            log.warning("%s: a %s message for %s was not taken within the drain timeout (%.0f s); "
+                        "what else is undelivered is counted (reason=drain_timeout)",
+                        self.name, msg.kind, msg.stream or "-", self.cfg.supervisor.drain_timeout_s)
 
     def recv(self, sock: zmq.Socket, timeout_ms: int = 100) -> Message | None:
         """Receive one valid message, or None on timeout. Malformed input is counted and dropped."""
@@ -190,12 +257,19 @@ def run_stage(spec: StageSpec) -> int:
 
     stage = stage_class(spec.type)(spec)
     stage.install_signal_handlers()
+    stage.lifeline.start()
     if spec.ready_file:
         Path(spec.ready_file).parent.mkdir(parents=True, exist_ok=True)
         Path(spec.ready_file).write_text(str(os.getpid()))
+    rc = EXIT_ORPHANED
     try:
         rc = int(stage.run() or 0)
         stage.wait_for_release()
-        return rc
+    except SupervisorGone:
+        pass  # what the stage holds locally was saved on the way out (its finally blocks)
     finally:
         stage.close()
+    if stage.orphaned:
+        log.warning("%s: exited without draining (the supervisor is gone)", spec.name)
+        return EXIT_ORPHANED
+    return rc

@@ -7,13 +7,14 @@
 - Stopping (SIGINT/SIGTERM, ``--duration``, end of a file) always goes through the sources: they
   send end-of-stream and every stage drains what it holds, so nothing already ingested is lost.
   A second signal stops the stages at once; a third kills them.
-- Children get SIGTERM if the supervisor itself dies (PR_SET_PDEATHSIG), so no orphans.
+- Children die with the supervisor, no orphans: if the supervisor itself dies they get a signal
+  of their own (PR_SET_PDEATHSIG, see :mod:`remembrall.pipeline.lifeline`), save what they hold
+  locally without waiting on any peer, and exit within ``supervisor.orphan_exit_s``.
 - ``RUN_DIR/status.json`` (atomic, every second) is what ``remembrall status`` reads.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import Any
 from remembrall.atomic import atomic_write_bytes
 from remembrall.config import Config
 from remembrall.pipeline.graph import build_graph, data_consumers, source_stage_names
+from remembrall.pipeline.lifeline import die_with_parent
 from remembrall.pipeline.runtime import StageSpec
 from remembrall.stages.source import EXIT_BAD_SOURCE
 
@@ -36,15 +38,6 @@ log = logging.getLogger(__name__)
 
 #: A stage that ran this long before crashing starts its backoff from the beginning again.
 STABLE_AFTER_S = 30.0
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    os.setpgrp()  # the terminal's Ctrl-C reaches the supervisor only; it stops stages in order
 
 
 @dataclass
@@ -113,6 +106,7 @@ class Supervisor:
         sp.spec.ready_file = str(self.sock_dir / "ready" / sp.spec.name)
         sp.spec.done_file = str(self.sock_dir / "done" / sp.spec.name)
         sp.spec.release_file = str(self.sock_dir / "release" / sp.spec.name)
+        sp.spec.supervisor_pid = os.getpid()
         for marker in (sp.spec.ready_file, sp.spec.done_file, sp.spec.release_file):
             Path(marker).unlink(missing_ok=True)
         sp.spec_path.write_text(sp.spec.to_json(), encoding="utf-8")
@@ -126,7 +120,7 @@ class Supervisor:
             src.uri == "-" and src.id == self.source_names[sp.spec.name] for src in self.cfg.sources)
         sp.proc = subprocess.Popen(
             [sys.executable, "-m", "remembrall.pipeline.worker", str(sp.spec_path)],
-            env=env, preexec_fn=_die_with_parent, stdin=None if reads_stdin else subprocess.DEVNULL,
+            env=env, preexec_fn=die_with_parent, stdin=None if reads_stdin else subprocess.DEVNULL,
         )
         sp.pids.append(sp.proc.pid)
         sp.state = "running"

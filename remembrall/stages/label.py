@@ -88,7 +88,8 @@ class LabelStage(Stage):
             if time.monotonic() - last_files >= POLL_FILES_S:
                 last_files = time.monotonic()
                 self._send_all(out, self.labeler.poll())
-        self._send_all(out, self.labeler.poll())
+        if not self.orphaned:  # label files stay where they are for the next run to read
+            self._send_all(out, self.labeler.poll())
         if isinstance(self.labeler, ExternalLabeler) and self.labeler.pending:
             log.warning("%s: %d exported samples still await a label in %s", self.name,
                         len(self.labeler.pending), self.labeler.dir)

@@ -203,7 +203,9 @@ class RetrainStage(Stage):
         return Message("model_ready", stream="", fields=fields)
 
     def _publish(self, msg: Message, record: bool = True) -> None:
-        if self._pub is not None:
+        # an orphan still writes an accepted head and current.json (local, atomic): the next
+        # run serves it; only the announcement to an infer that is gone is skipped
+        if self._pub is not None and not self.orphaned:
             self.send(self._pub, msg, block=False)
         if record:
             self.published.append(msg)

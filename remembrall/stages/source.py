@@ -73,14 +73,16 @@ class SourceStage(Stage):
     def send_eos(self, error: str | None = None) -> None:
         fields = {"error": error} if error else {}
         if not self.send(self.socket("out"), Message("eos", stream=self.stream, fields=fields), timeout_ms=30_000):
-            log.error("%s: downstream did not take end-of-stream within 30 s", self.name)
+            log.error("%s: downstream did not take end-of-stream (waited 30 s, or up to the drain deadline)", self.name)
 
     def emit(self, msg: Message, live: bool) -> bool:
-        """Hand ``msg`` downstream: drop-newest when live and full, block otherwise."""
+        """Hand ``msg`` downstream: drop-newest when live and full, block otherwise (until the
+        drain deadline once stopping, which :meth:`Stage.send` counts)."""
         if self.send(self.socket("out"), msg, block=not live):
             m.FRAMES.labels(self.name, self.stream).inc()
             return True
-        m.DROPPED.labels(self.name, self.stream, "backpressure").inc()
+        if live:
+            m.DROPPED.labels(self.name, self.stream, "backpressure").inc()
         return False
 
     def pump(self, items: Iterable[Any], to_message: Callable[[Any], Message], *, live: bool, resumable: bool,
@@ -88,8 +90,9 @@ class SourceStage(Stage):
         """Hand every item (anything with an ``index``) downstream as ``to_message(item)``.
 
         A resumable source skips what a previous life of this stage already handed on and
-        checkpoints its progress every second. Returns (last index, items sent, the failure
-        that ended the source early or None).
+        checkpoints its progress every second, and on the way out however the pump ends (a
+        supervisor that died included). Returns (last index, items sent, the failure that ended
+        the source early or None).
         """
         skip_to = self.resume_after() if resumable else -1
         if skip_to >= 0:
@@ -113,6 +116,7 @@ class SourceStage(Stage):
                 t0 = time.perf_counter()
         except failures as exc:
             failure = exc
-        if resumable:
-            self.save_progress(last_index)
+        finally:
+            if resumable:
+                self.save_progress(last_index)
         return last_index, sent, failure
