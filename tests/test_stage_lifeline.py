@@ -67,7 +67,13 @@ def _blocked_decoder(tmp_path: Path, make_video, parent: bool = False
     else:
         proc = subprocess.Popen(worker, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env)
         stage_pid = proc.pid
-    assert consumer.poll(60_000, zmq.POLLIN), log_path.read_text()
+    try:
+        assert consumer.poll(60_000, zmq.POLLIN), log_path.read_text()
+    except BaseException:
+        for pid in {proc.pid, stage_pid}:
+            os.kill(pid, signal.SIGKILL)
+        _finish(proc, ctx, consumer)
+        raise
     consumer.recv_multipart()
     # 230 KB frames fill the socket's buffers in milliseconds; nothing outside tells "blocked"
     # apart from "sending", so give it ample time (a stage that was not blocked fails the tests)
