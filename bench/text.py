@@ -205,9 +205,9 @@ def load_docs(path: Path) -> tuple[list[str], list[str]]:
 
 
 def fit_text_base(cfg: Any, encoder: Any, base_src: Path, out: Path) -> dict[str, Any]:
-    """The base head: ``remembrall.learning.fit_base.fit_base`` (what ``remembrall fit-base`` runs)
+    """The base head: ``remembrall.commands.fit_base.fit_base`` (what ``remembrall fit-base`` runs)
     on MiniLM embeddings of the base segment; ``fit-base`` itself reads only video/manifests."""
-    from remembrall.learning.fit_base import fit_base
+    from remembrall.commands.fit_base import fit_base
     from remembrall.models.heads import save_head
 
     texts, labels = load_docs(base_src)
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     extra = SMOKE_OVERRIDES if args.smoke else {}
     cfg = load_config(str(CONFIG))
-    text_cfg, icfg = cfg.extra["text"], cfg.infer
+    text_cfg, icfg = cfg.text, cfg.infer
     max_tokens = int(extra.get("text.max_tokens", text_cfg.max_tokens))
     try:
         info = prepare_stream(work, dps, args.seed, args.smoke)
@@ -376,7 +376,7 @@ def assemble(results: dict[str, dict[str, Any]], info: dict[str, Any], base_repo
                    "seed": info["seed"], "topics": info["topics"], "segments": info["segments"]},
         "settings": {"max_tokens": max_tokens, "infer_batch": cfg.infer.batch_size, "infer_threads": cfg.infer.threads,
                      "label_rate": float(results.get("remembrall", next(iter(results.values())))["overrides"]
-                                         .get("select.rate", cfg.extra["select"].rate)),
+                                         .get("select.rate", cfg.select.rate)),
                      "feed_docs_per_s": round(rate, 2), "config": str(CONFIG.relative_to(ROOT))},
         "base": base_report,
         "systems": systems,

@@ -14,6 +14,7 @@ from typing import Any
 
 from remembrall.config import Config, ConfigError, load_config
 from remembrall.logs import setup_logging
+from remembrall.packaged_configs import resolve, write_copies
 
 log = logging.getLogger("remembrall")
 
@@ -53,7 +54,11 @@ def load_run_config(args: argparse.Namespace) -> Config:
         overrides["metrics.port"] = args.metrics_port
     if getattr(args, "out", None):
         overrides["out"] = args.out
-    cfg = load_config(args.config, overrides)
+    try:
+        path = resolve(args.config)  # a file, or a packaged name: remembrall run demo
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg = load_config(path, overrides)
     if getattr(args, "source", None):
         cfg.sources[0].uri = args.source
     return cfg
@@ -118,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_base(args: argparse.Namespace) -> int:
-    from remembrall.learning.fit_base import fit_base_main
+    from remembrall.commands.fit_base import fit_base_main
 
     cfg = load_run_config(args)
     setup_logging(args.log_level or cfg.log_level, component="fit-base")
@@ -129,7 +134,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """Ask a running pipeline's retrain stage to go back to the previous (or a given) model."""
     import zmq
 
-    from remembrall.pipeline.endpoints import open_socket
+    from remembrall.io.endpoints import open_socket
     from remembrall.pipeline.messages import Message, encode_message
 
     status_path = Path(args.out) / "status.json"
@@ -156,12 +161,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write editable copies of the packaged configs (a wheel install has no configs/ folder)."""
+    # an existing file (FileExistsError) or an unknown name (FileNotFoundError): main() exits 2
+    written = write_copies(Path(args.directory), args.names or None, overwrite=args.force)
+    for path in written:
+        print(f"wrote {path}")
+    example = next((p for p in written if p.stem == "demo"), written[0] if written else None)
+    if example is not None:
+        print(f"edit one, then run it: remembrall run {example}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="remembrall", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("config", help="YAML config, e.g. configs/default.yaml")
+        sp.add_argument("config", help="YAML config: a path (my.yaml) or a packaged name (demo, default, text, "
+                        "jetson-orin-nano, …; remembrall init DIR writes editable copies)")
         sp.add_argument("--source", help="input URI: a file, rtsp://…, /dev/video0, builtin:NAME, a manifest.jsonl …")
         sp.add_argument("--out", help="output directory (predictions.jsonl, models, buffer, status.json)")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
@@ -177,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(fit)
     fit.add_argument("--output", help="where to write the base head checkpoint (default: infer.head of the config)")
     fit.set_defaults(func=cmd_fit_base)
+
+    init = sub.add_parser("init", help="write editable copies of the packaged configs into a folder")
+    init.add_argument("directory", metavar="DIR", help="folder to write NAME.yaml files into (created)")
+    init.add_argument("names", nargs="*", metavar="NAME", help="packaged configs to copy (default: all)")
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.set_defaults(func=cmd_init)
 
     rb = sub.add_parser("rollback", help="serve the previous specialized model again (a running pipeline)")
     rb.add_argument("--out", required=True, help="the running pipeline's output directory")

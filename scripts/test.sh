@@ -7,4 +7,5 @@ bash scripts/system-deps.sh
 bash scripts/setup.sh dev
 . .venv/bin/activate
 ruff check .
+lint-imports
 python -m pytest -q "$@"

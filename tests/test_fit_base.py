@@ -10,7 +10,7 @@ import pytest
 
 from bench.drift_stream import png_bytes
 from remembrall.cli import main
-from remembrall.learning.fit_base import split_holdout
+from remembrall.commands.fit_base import split_holdout
 from remembrall.models.heads import load_head
 
 CONFIG = """\

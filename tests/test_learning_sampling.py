@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from remembrall.config import SelectConfig
 from remembrall.learning.sampling import EmbeddingSampler, Sampler, UniformSampler, entropy_of, make_sampler
 
 
@@ -67,9 +68,9 @@ def test_bad_embeddings_are_refused_clearly() -> None:
 
 
 def test_uniform_and_factory() -> None:
-    u = make_sampler("uniform", rate=0.1, mode="random", seed=1)
+    u = make_sampler(SelectConfig(sampler="uniform", rate=0.1, uniform_mode="random", seed=1))
     n = sum(len(u.offer(np.ones(2), 0.0, i)) for i in range(5000))
     assert 400 < n < 600
-    assert isinstance(make_sampler("embedding", rate=0.5, window=3), EmbeddingSampler)
+    assert isinstance(make_sampler(SelectConfig(sampler="embedding", rate=0.5, window=3)), EmbeddingSampler)
     with pytest.raises(ValueError, match="unknown sampler"):
-        make_sampler("magic")
+        make_sampler(SelectConfig(sampler="magic"))

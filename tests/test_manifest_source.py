@@ -12,7 +12,8 @@ import pytest
 
 from remembrall.config import SourceConfig
 from remembrall.io.errors import SourceError
-from remembrall.io.video import CountingStats, VideoFrame, open_source
+from remembrall.io.frames import CountingStats, VideoFrame
+from remembrall.io.video import open_source
 
 
 def write_image(path: Path, rgb: np.ndarray) -> Path:

@@ -287,7 +287,7 @@ def test_jetson_profile_validates() -> None:
     cfg = load_config(ROOT / "configs" / "jetson-orin-nano.yaml")
     assert cfg.infer.device == "cuda" and cfg.infer.half == "yes"
     assert cfg.decode.width == cfg.decode.height == cfg.infer.image_size
-    assert cfg.extra["retrain"].share == pytest.approx(0.3)
+    assert cfg.retrain.share == pytest.approx(0.3)
     # a frame queued on each edge stays small next to 8 GB of shared memory
     frame = cfg.decode.width * cfg.decode.height * 3
     assert cfg.transport.hwm * frame < 16 << 20 and frame < cfg.transport.max_message_bytes

@@ -1,6 +1,6 @@
 """A stage process on its own: a drain has a deadline, an orphan exits, a stuck orphan is ended.
 
-The stage is a real decode process (``python -m remembrall.pipeline.worker``) reading a real
+The stage is a real decode process (``python -m remembrall.stages.worker``) reading a real
 video in a loop into a real ZeroMQ socket that nobody reads, so it is blocked on backpressure —
 the state in which a drain used to wait forever.
 """
@@ -33,7 +33,7 @@ PARENT = textwrap.dedent("""
     spec = Path(sys.argv[1])
     spec.write_text(json.dumps({**json.loads(spec.read_text()), "supervisor_pid": os.getpid()}))
     log = open(sys.argv[2], "wb")
-    stage = subprocess.Popen([sys.executable, "-m", "remembrall.pipeline.worker", str(spec)],
+    stage = subprocess.Popen([sys.executable, "-m", "remembrall.stages.worker", str(spec)],
                              stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     print(stage.pid, flush=True)
     stage.wait()
@@ -59,7 +59,7 @@ def _blocked_decoder(tmp_path: Path, make_video, parent: bool = False
     spec_path.write_text(s.to_json())
     log_path = tmp_path / "decode.log"
     env = dict(os.environ, PYTHONPATH=str(REPO), REMEMBRALL_LOG_FORMAT="text")
-    worker = [sys.executable, "-m", "remembrall.pipeline.worker", str(spec_path)]
+    worker = [sys.executable, "-m", "remembrall.stages.worker", str(spec_path)]
     if parent:
         proc = subprocess.Popen([sys.executable, "-c", PARENT, str(spec_path), str(log_path)], env=env,
                                 stdout=subprocess.PIPE, text=True)

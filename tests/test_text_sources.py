@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from remembrall.config import SourceConfig
-from remembrall.io.text_config import TextConfig
+from remembrall.config import SourceConfig, TextConfig
 from remembrall.io.text_lines import LineSplitter, TextStats
 from remembrall.io.text_sources import (
     FileSource,
@@ -337,7 +336,7 @@ def test_stdin_through_a_real_pipe() -> None:
     code = (
         "import json,sys\n"
         "from remembrall.config import SourceConfig\n"
-        "from remembrall.io.text_config import TextConfig\n"
+        "from remembrall.config import TextConfig\n"
         "from remembrall.io.text_lines import TextStats\n"
         "from remembrall.io.text_sources import open_text_source\n"
         "st = TextStats()\n"

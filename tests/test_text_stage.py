@@ -19,8 +19,7 @@ from prometheus_client import REGISTRY
 
 from remembrall.config import config_to_dict, load_config
 from remembrall.pipeline.messages import Message, decode_message
-from remembrall.pipeline.runtime import StageSpec
-from remembrall.stages.source import EXIT_BAD_SOURCE
+from remembrall.pipeline.runtime import EXIT_BAD_SOURCE, StageSpec
 
 
 def _spec(tmp_path: Path, source: dict[str, Any], text: dict[str, Any] | None = None,
@@ -38,7 +37,7 @@ def _start(tmp_path: Path, spec: StageSpec) -> subprocess.Popen[bytes]:
     path = tmp_path / f"{spec.name}.json"
     path.write_text(spec.to_json())
     env = {**os.environ, "REMEMBRALL_LOG_FORMAT": "text"}
-    return subprocess.Popen([sys.executable, "-m", "remembrall.pipeline.worker", str(path)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "remembrall.stages.worker", str(path)], env=env,
                             stderr=subprocess.PIPE)
 
 
@@ -213,7 +212,7 @@ def test_text_profile_config_loads_and_builds_a_text_graph(tmp_path: Path) -> No
     from remembrall.pipeline.graph import build_graph
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / "text.yaml")
-    text = cfg.extra["text"]
+    text = cfg.text
     assert (text.max_tokens, text.format, cfg.sources[0].modality) == (128, "auto", "text")
     specs = build_graph(cfg, tmp_path / "run", tmp_path / "out")
     assert [s.type for s in specs if s.streams == ["text0"] and s.type.endswith("decode")] == ["text_decode"]

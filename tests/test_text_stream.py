@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remembrall.config import SourceConfig
-from remembrall.io.text_config import TextConfig
+from remembrall.config import SourceConfig, TextConfig
 from remembrall.io.text_lines import TextStats
 from remembrall.io.text_sources import open_text_source
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zmq
 
-from remembrall.pipeline.endpoints import EndpointError, open_socket, parse_endpoint
+from remembrall.io.endpoints import EndpointError, open_socket, parse_endpoint
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
 
 

@@ -28,7 +28,7 @@ import av
 import numpy as np
 
 from remembrall.io.errors import SourceError
-from remembrall.io.video import CountingStats, FrameSource, SourceStats, VideoFrame
+from remembrall.io.frames import CountingStats, FrameSource, SourceStats, VideoFrame
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from remembrall.io.text_config import TextConfig
+from remembrall.config import TextConfig
 
 log = logging.getLogger(__name__)
 

@@ -53,8 +53,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from remembrall.config import SourceConfig
-from remembrall.io.text_config import TextConfig
+from remembrall.config import SourceConfig, TextConfig
 from remembrall.io.text_lines import EOS, LineError, LineSplitter, Record, TextStats, parse_line
 
 log = logging.getLogger(__name__)
@@ -472,7 +471,7 @@ class ZmqSource(TextSource):
         super().__init__(uri, text_cfg, stats, should_stop)
         import zmq
 
-        from remembrall.pipeline.endpoints import EndpointError, open_socket, parse_endpoint
+        from remembrall.io.endpoints import EndpointError, open_socket, parse_endpoint
 
         self.follows = True
         self.live = live

@@ -16,13 +16,13 @@ A labeler sees only the samples the sampler selected (labels are the scarce reso
 Every label passes the vocabulary: names outside a closed class list are ``unknown_class``,
 labels for ids never exported are ``unknown_sample``; both are counted in ``rejected``.
 
->>> from remembrall.pipeline.messages import Message
->>> import numpy as np
+Labelers know nothing of the wire: a :class:`LabelRequest` goes in (with an opaque ``payload``
+the caller gets back), :class:`Labelled` answers come out, now or later (``poll``).
+
 >>> lab = OracleLabeler(Vocabulary(["cat", "dog"]))
->>> s = Message("sample", fields={"id": "c:1", "label": "cat"}, arrays=[np.ones(4, np.float32)])
->>> [(m.get("id"), m.get("label"), m.get("label_source")) for m in lab.submit(s)]
+>>> [(a.request.id, a.label, a.source) for a in lab.submit(LabelRequest("c:1", label="cat"))]
 [('c:1', 'cat', 'oracle')]
->>> lab.submit(Message("sample", fields={"id": "c:2", "label": "cow"})), dict(lab.rejected)
+>>> lab.submit(LabelRequest("c:2", label="cow")), dict(lab.rejected)
 ([], {'unknown_class': 1})
 """
 
@@ -37,13 +37,14 @@ import re
 import struct
 import zlib
 from collections import Counter, OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from remembrall.atomic import atomic_write_bytes
-from remembrall.pipeline.messages import Message
+from remembrall.config import LabelConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,31 @@ class Vocabulary:
         return None
 
 
+@dataclass
+class LabelRequest:
+    """A selected sample as a labeler sees it."""
+
+    id: str
+    #: HxWx3 uint8 RGB pixels, for the teacher and a human (None: the stream carried none).
+    image: np.ndarray | None = None
+    #: The label the stream itself carried (annotated footage), for the oracle.
+    label: Any = None
+    #: What a human is shown beside the image (stream, seq, the model's guess, its entropy, ...).
+    info: dict[str, Any] = field(default_factory=dict)
+    #: The caller's own object, handed back untouched with the answer.
+    payload: Any = None
+
+
+@dataclass
+class Labelled:
+    """An accepted label for a request."""
+
+    request: LabelRequest
+    label: str
+    source: str
+    confidence: float | None = None
+
+
 class Labeler:
     """Base class: ``submit`` a selected sample, ``poll`` for labels that arrived later."""
 
@@ -82,7 +108,7 @@ class Labeler:
         self.rejected: Counter[str] = Counter()
         self.labelled = 0
 
-    def _reject(self, reason: str, detail: str = "") -> list[Message]:
+    def _reject(self, reason: str, detail: str = "") -> list[Labelled]:
         self.rejected[reason] += 1
         n = self.rejected[reason]
         if n <= 5 or n % 1000 == 0:
@@ -90,19 +116,17 @@ class Labeler:
                         f": {detail}" if detail else "", n)
         return []
 
-    def _accept(self, sample: Message, label: Any) -> list[Message]:
+    def _accept(self, request: LabelRequest, label: Any, confidence: float | None = None) -> list[Labelled]:
         reason = self.vocab.check(label)
         if reason:
-            return self._reject(reason, f"label {label!r} for {sample.get('id')!r}")
-        fields = dict(sample.fields, label=label, label_source=self.name)
+            return self._reject(reason, f"label {label!r} for {request.id!r}")
         self.labelled += 1
-        return [Message("sample", stream=sample.stream, seq=sample.seq, pts=sample.pts, ts=sample.ts,
-                        fields=fields, arrays=list(sample.arrays[:2]))]
+        return [Labelled(request, label, self.name, confidence)]
 
-    def submit(self, sample: Message) -> list[Message]:  # pragma: no cover - abstract
+    def submit(self, request: LabelRequest) -> list[Labelled]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def poll(self) -> list[Message]:
+    def poll(self) -> list[Labelled]:
         return []
 
     def close(self) -> None:
@@ -114,11 +138,10 @@ class OracleLabeler(Labeler):
 
     name = "oracle"
 
-    def submit(self, sample: Message) -> list[Message]:
-        label = sample.get("label")
-        if label is None:
-            return self._reject("no_label", f"sample {sample.get('id')!r} carries no label")
-        return self._accept(sample, label)
+    def submit(self, request: LabelRequest) -> list[Labelled]:
+        if request.label is None:
+            return self._reject("no_label", f"sample {request.id!r} carries no label")
+        return self._accept(request, request.label)
 
 
 # ---------------------------------------------------------------------------- teacher
@@ -235,19 +258,16 @@ class TeacherLabeler(Labeler):
         i = int(probs.argmax())
         return self.imagenet[i], float(probs[i])
 
-    def submit(self, sample: Message) -> list[Message]:
-        if len(sample.arrays) < 3:
-            return self._reject("no_image", f"sample {sample.get('id')!r} has no image for the teacher")
+    def submit(self, request: LabelRequest) -> list[Labelled]:
+        if request.image is None:
+            return self._reject("no_image", f"sample {request.id!r} has no image for the teacher")
         try:
-            name, conf = self.predict(sample.arrays[2])
+            name, conf = self.predict(request.image)
         except ValueError as exc:
             return self._reject("bad_image", str(exc))
         if conf < self.min_confidence:
             return self._reject("teacher_unsure", f"{name} at {conf:.2f}")
-        out = self._accept(sample, name)
-        if out:
-            out[0].fields["label_confidence"] = conf
-        return out
+        return self._accept(request, name, conf)
 
 
 # ---------------------------------------------------------------------------- external
@@ -286,47 +306,44 @@ class ExternalLabeler(Labeler):
         for d in (self.samples_dir, self.labels_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.max_pending = pending
-        self.pending: OrderedDict[str, Message] = OrderedDict()
+        self.pending: OrderedDict[str, LabelRequest] = OrderedDict()
 
-    def submit(self, sample: Message) -> list[Message]:
-        sid = sample.get("id")
+    def submit(self, request: LabelRequest) -> list[Labelled]:
+        sid = request.id
         if not isinstance(sid, str) or not sid:
             return self._reject("bad_sample", "sample without an id")
         name = safe_name(sid)
-        meta = {"id": sid, "stream": sample.stream, "seq": sample.seq, "pred": sample.get("pred"),
-                "entropy": sample.get("entropy"), "model_version": sample.get("model_version"),
-                "classes": self.vocab.classes,
+        meta = {"id": sid, **request.info, "classes": self.vocab.classes,
                 "answer_with": {"file": str(self.labels_dir / f"{name}.json"), "json": {"id": sid, "label": "..."}}}
-        if len(sample.arrays) >= 3:
+        if request.image is not None:
             try:
-                atomic_write_bytes(self.samples_dir / f"{name}.png", encode_png(sample.arrays[2]))
+                atomic_write_bytes(self.samples_dir / f"{name}.png", encode_png(request.image))
             except ValueError as exc:
                 return self._reject("bad_image", str(exc))
             meta["image"] = f"{name}.png"
         atomic_write_bytes(self.samples_dir / f"{name}.json", json.dumps(meta, indent=1).encode())
-        self.pending[sid] = Message("sample", stream=sample.stream, seq=sample.seq, pts=sample.pts, ts=sample.ts,
-                                    fields=dict(sample.fields), arrays=[np.array(a) for a in sample.arrays[:2]])
+        self.pending[sid] = replace(request, image=None)  # the pixels are on disk; pending stays small
         while len(self.pending) > self.max_pending:
             old, _ = self.pending.popitem(last=False)
             self._reject("expired", f"no label arrived for {old!r} before {self.max_pending} newer samples")
         return []
 
-    def receive(self, sample_id: Any, label: Any) -> list[Message]:
+    def receive(self, sample_id: Any, label: Any) -> list[Labelled]:
         """A label from a human (file or socket), matched to its exported sample."""
         if not isinstance(sample_id, str) or sample_id not in self.pending:
             return self._reject("unknown_sample", f"label for sample id {sample_id!r} that was never exported")
         reason = self.vocab.check(label)
         if reason:  # keep the sample pending: a corrected label may still come
             return self._reject(reason, f"label {label!r} for {sample_id!r}")
-        sample = self.pending.pop(sample_id)
+        request = self.pending.pop(sample_id)
         for suffix in (".png", ".json"):
             with contextlib.suppress(OSError):
                 (self.samples_dir / f"{safe_name(sample_id)}{suffix}").unlink()
-        return self._accept(sample, label)
+        return self._accept(request, label)
 
-    def poll(self) -> list[Message]:
+    def poll(self) -> list[Labelled]:
         """Read label files dropped into ``labels/`` (each is renamed ``.done`` or ``.bad``)."""
-        out: list[Message] = []
+        out: list[Labelled] = []
         for path in sorted(self.labels_dir.glob("*.json")):
             try:
                 if path.stat().st_size > MAX_LABEL_FILE_BYTES:
@@ -350,7 +367,7 @@ class ExternalLabeler(Labeler):
         return out
 
 
-def make_labeler(cfg: Any, run_dir: str | os.PathLike[str] = ".") -> Labeler:
+def make_labeler(cfg: LabelConfig, run_dir: str | os.PathLike[str] = ".") -> Labeler:
     """Build the configured labeler from a ``label`` config section."""
     vocab = Vocabulary(list(cfg.classes))
     if cfg.labeler == "oracle":

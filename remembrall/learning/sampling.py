@@ -48,6 +48,8 @@ from typing import Any, Protocol, runtime_checkable
 import faiss
 import numpy as np
 
+from remembrall.config import SelectConfig
+
 faiss.omp_set_num_threads(1)  # per-item queries: one thread is faster and leaves cores to infer
 
 
@@ -247,12 +249,12 @@ class EmbeddingSampler:
         return self._in_window
 
 
-def make_sampler(name: str, **kwargs: Any) -> Sampler:
-    """Build a sampler by name (``embedding`` or ``uniform``) from keyword settings."""
-    if name == "embedding":
-        keys = ("rate", "window", "memory", "k", "quantile", "ewma", "min_distance", "bank_windows", "seed")
-        return EmbeddingSampler(**{k: v for k, v in kwargs.items() if k in keys})
-    if name == "uniform":
-        mode = kwargs.get("mode", kwargs.get("uniform_mode", "every"))
-        return UniformSampler(rate=kwargs.get("rate", 0.1), mode=mode, seed=kwargs.get("seed", 0))
-    raise ValueError(f"unknown sampler {name!r} (embedding or uniform)")
+def make_sampler(cfg: SelectConfig) -> Sampler:
+    """Build the sampler a ``select`` config section names (``embedding`` or ``uniform``)."""
+    if cfg.sampler == "embedding":
+        return EmbeddingSampler(rate=cfg.rate, window=cfg.window, memory=cfg.memory, k=cfg.k, quantile=cfg.quantile,
+                                ewma=cfg.ewma, min_distance=cfg.min_distance, bank_windows=cfg.bank_windows,
+                                seed=cfg.seed)
+    if cfg.sampler == "uniform":
+        return UniformSampler(rate=cfg.rate, mode=cfg.uniform_mode, seed=cfg.seed)
+    raise ValueError(f"unknown sampler {cfg.sampler!r} (embedding or uniform)")

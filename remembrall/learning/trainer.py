@@ -36,12 +36,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from remembrall.config import RetrainConfig
 from remembrall.models.heads import ClassifierHead
 
 
@@ -67,9 +67,13 @@ class TrainSettings:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, cfg: Any) -> TrainSettings:
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: getattr(cfg, k) for k in names if hasattr(cfg, k)})
+    def from_config(cls, cfg: RetrainConfig) -> TrainSettings:
+        """The run's knobs from the ``retrain`` section (the rest of it is the stage's cadence)."""
+        return cls(lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                   steps_per_slice=cfg.steps_per_slice, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+                   w1=cfg.w1, w2=cfg.w2, tau=cfg.tau, delta_acc_max=cfg.delta_acc_max, drift_max=cfg.drift_max,
+                   patience=cfg.patience, min_improvement=cfg.min_improvement,
+                   early_stopping=cfg.early_stopping, seed=cfg.seed)
 
 
 @dataclass

@@ -8,46 +8,14 @@ load reports) are PUB/SUB on their own sockets, so control never queues behind d
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from remembrall.config import Config, ConfigError, SourceConfig, config_to_dict
+from remembrall.config import Config, ConfigError, config_to_dict
+from remembrall.io.sources import detect_modality
 from remembrall.pipeline.runtime import StageSpec
 
 #: Longest ipc:// path the kernel accepts (sun_path is 108 bytes with the terminating NUL).
 MAX_IPC_PATH = 107
-
-_TEXT_SCHEMES = ("zmq+", "http+listen://", "follow://")
-_TEXT_SUFFIXES = (".txt", ".log", ".text", ".ndjson")
-
-
-def detect_modality(src: SourceConfig) -> str:
-    """``video`` or ``text`` for a source, from its config or by looking at the URI/file."""
-    if src.modality != "auto":
-        return src.modality
-    uri = src.uri
-    if uri == "-" or uri.startswith(_TEXT_SCHEMES):
-        return "text"
-    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
-    if path.suffix.lower() in _TEXT_SUFFIXES:
-        return "text"
-    if path.is_dir():
-        return "text"
-    if path.suffix.lower() == ".jsonl" and path.is_file():
-        # a manifest names images; a text stream carries "text"
-        with path.open("rb") as fh:
-            for raw in fh:
-                raw = raw.strip()
-                if not raw:
-                    continue
-                try:
-                    first = json.loads(raw[:1 << 20])
-                except ValueError:
-                    return "text"
-                return "video" if isinstance(first, dict) and "image" in first else "text"
-        return "text"
-    return "video"
-
 
 def _ipc(run_dir: Path, name: str) -> str:
     path = run_dir / "sockets" / name
@@ -95,7 +63,7 @@ def build_graph(cfg: Config, run_dir: Path, out_dir: Path) -> list[StageSpec]:
             spec("select", "select", streams=streams, inputs={"samples": f"pull+bind:{select_in}"},
                  outputs={"selected": f"push+connect:{label_in}"}),
         ]
-    if cfg.learn and cfg.extra["label"].labeler == "external":
+    if cfg.learn and cfg.label.labeler == "external":
         # human labels come back over this socket (or as files in label.external_dir/labels/)
         next(s for s in specs if s.name == "label").inputs["labels"] = f"pull+bind:{_ipc(run_dir, 'label.labels')}"
     specs.append(spec("infer", "infer", inputs=infer_inputs, outputs=infer_outputs, streams=streams,

@@ -1,6 +1,6 @@
 """What every stage process shares: its spec, its sockets, validated receive, counted drops, stop.
 
-A stage is started by the supervisor as ``python -m remembrall.pipeline.worker SPEC.json``; the
+A stage is started by the supervisor as ``python -m remembrall.stages.worker SPEC.json``; the
 spec names the stage's class, its input/output endpoints, the streams it should expect and the
 whole validated config. Subclasses implement :meth:`Stage.run` and use the helpers here so that
 malformed input is always counted and logged, never fatal, and SIGTERM always means "finish
@@ -23,12 +23,16 @@ from typing import Any
 import zmq
 
 from remembrall.config import Config, config_from_plain
+from remembrall.io.endpoints import open_socket
 from remembrall.monitoring import metrics as m
-from remembrall.pipeline.endpoints import open_socket
-from remembrall.pipeline.lifeline import EXIT_ORPHANED, PARENT_DEATH_SIGNAL, Lifeline
+from remembrall.pipeline.lifeline import PARENT_DEATH_SIGNAL, Lifeline
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
 
 log = logging.getLogger(__name__)
+
+#: Exit status of a source stage whose input cannot be used at all: the supervisor does not
+#: restart it (restarting cannot fix a missing file) and reports the error.
+EXIT_BAD_SOURCE = 3
 
 
 class SupervisorGone(Exception):
@@ -249,27 +253,3 @@ class Stage:
                 "%s: dropped a malformed message (%d bytes): %s [%d so far]",
                 self.name, size, exc, self._malformed_logged,
             )
-
-
-def run_stage(spec: StageSpec) -> int:
-    """Instantiate the stage class named by ``spec.type`` and run it to completion."""
-    from remembrall.stages import stage_class
-
-    stage = stage_class(spec.type)(spec)
-    stage.install_signal_handlers()
-    stage.lifeline.start()
-    if spec.ready_file:
-        Path(spec.ready_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(spec.ready_file).write_text(str(os.getpid()))
-    rc = EXIT_ORPHANED
-    try:
-        rc = int(stage.run() or 0)
-        stage.wait_for_release()
-    except SupervisorGone:
-        pass  # what the stage holds locally was saved on the way out (its finally blocks)
-    finally:
-        stage.close()
-    if stage.orphaned:
-        log.warning("%s: exited without draining (the supervisor is gone)", spec.name)
-        return EXIT_ORPHANED
-    return rc

@@ -31,8 +31,7 @@ from remembrall.atomic import atomic_write_bytes
 from remembrall.config import Config
 from remembrall.pipeline.graph import build_graph, data_consumers, source_stage_names
 from remembrall.pipeline.lifeline import die_with_parent
-from remembrall.pipeline.runtime import StageSpec
-from remembrall.stages.source import EXIT_BAD_SOURCE
+from remembrall.pipeline.runtime import EXIT_BAD_SOURCE, StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ class Supervisor:
         reads_stdin = sp.spec.name in self.source_names and any(
             src.uri == "-" and src.id == self.source_names[sp.spec.name] for src in self.cfg.sources)
         sp.proc = subprocess.Popen(
-            [sys.executable, "-m", "remembrall.pipeline.worker", str(sp.spec_path)],
+            [sys.executable, "-m", "remembrall.stages.worker", str(sp.spec_path)],
             env=env, preexec_fn=die_with_parent, stdin=None if reads_stdin else subprocess.DEVNULL,
         )
         sp.pids.append(sp.proc.pid)

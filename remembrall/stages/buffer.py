@@ -20,10 +20,12 @@ from typing import Any
 import zmq
 
 from remembrall.learning.replay import ReplayMemory
-from remembrall.learning.stagekit import BadSample, DropCounter, StreamEnds, check_sample
 from remembrall.monitoring import metrics as m
+from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
+from remembrall.pipeline.stream_ends import StreamEnds
+from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class BufferStage(Stage):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        self.bcfg = self.cfg.extra["buffer"]
+        self.bcfg = self.cfg.buffer
         self.memories: dict[str, ReplayMemory] = {}
         self.dirty: dict[str, int] = {}
         self.saved_at: dict[str, float] = {}

@@ -13,7 +13,8 @@ import logging
 from remembrall.io.errors import SourceError
 from remembrall.io.video import VideoFrame, open_source, redact
 from remembrall.pipeline.messages import Message
-from remembrall.stages.source import EXIT_BAD_SOURCE, SourceStage, SourceStats
+from remembrall.pipeline.runtime import EXIT_BAD_SOURCE
+from remembrall.stages.source import SourceStage, SourceStats
 
 log = logging.getLogger(__name__)
 

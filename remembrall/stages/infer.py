@@ -30,6 +30,7 @@ from remembrall.models.serving import HeadServer, SwapRequest
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
+from remembrall.pipeline.stream_ends import StreamEnds
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +59,19 @@ class InferStage(Stage):
         if "text" in self.modalities:
             from remembrall.models.text_encoder import TextEncoder
 
-            self.encoders["text"] = TextEncoder.from_config(self.cfg.extra["text"], icfg.device, icfg.threads)
+            self.encoders["text"] = TextEncoder.from_config(self.cfg.text, icfg.device, icfg.threads)
         self.heads = HeadServer(self.device, {k: enc.dim for k, enc in self.encoders.items()})
         self._load_base_heads()
         self.queue: deque[Message] = deque()
-        self.ended: set[str] = set(spec.finished_streams)
-        self.streams: set[str] = set(spec.streams)
+        self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         self.topk = icfg.topk
         self._correct: dict[str, deque[bool]] = {}
-        self._last_input = time.monotonic()
         self._sent_status = 0.0
         self._busy_s = 0.0
         self._busy_since = time.monotonic()
         self._announced: set[tuple[str, str, int]] = set()
         # the oracle labeler reads labels from the stream: samples need no pixels then
-        label_cfg = self.cfg.extra.get("label")
-        self._sample_images = label_cfg is None or label_cfg.labeler != "oracle"
+        self._sample_images = self.cfg.label.labeler != "oracle"
 
     # ------------------------------------------------------------------ setup
     def _load_base_heads(self) -> None:
@@ -128,7 +126,7 @@ class InferStage(Stage):
                     break
         finally:
             self.heads.close()
-        for stream in sorted(self.streams):
+        for stream in sorted(self.ends.streams):
             eos = Message("eos", stream=stream)
             self.send(preds, eos, timeout_ms=30_000)
             if samples is not None:
@@ -139,11 +137,7 @@ class InferStage(Stage):
     def _finished(self) -> bool:
         if self.queue:
             return False
-        if self.stopping or self.streams <= self.ended:
-            return True
-        # restarted after some producers finished: they will never send eos again
-        idle = time.monotonic() - self._last_input
-        return bool(self.spec.finished_streams) and idle > self.cfg.supervisor.stage_idle_drain_s
+        return self.stopping or self.ends.all_ended()
 
     def _pull(self, poller: zmq.Poller, inp: zmq.Socket, ctrl: zmq.Socket | None, timeout_ms: float) -> None:
         events = dict(poller.poll(max(0, int(timeout_ms))))
@@ -160,16 +154,14 @@ class InferStage(Stage):
                 msg = self.recv_ready(inp)
                 if msg is None:
                     continue
-                self._last_input = time.monotonic()
                 if msg.kind == "eos":
-                    self.ended.add(msg.stream)
-                    self.streams.add(msg.stream)
+                    self.ends.seen(msg)
                     if msg.get("error"):
                         log.error("%s: stream %s ended with an error: %s", self.name, msg.stream, msg.get("error"))
                 elif msg.kind in MODALITY_OF_KIND and MODALITY_OF_KIND[msg.kind] in self.encoders:
                     if not self._valid_item(msg):
                         continue
-                    self.streams.add(msg.stream)
+                    self.ends.seen(msg)
                     self.queue.append(msg)
                 else:
                     m.DROPPED.labels(self.name, msg.stream, "unexpected_kind").inc()
@@ -194,7 +186,7 @@ class InferStage(Stage):
             if self.queue:
                 deadline = deadline or time.monotonic() + max_wait
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.streams <= self.ended:
+                if remaining <= 0 or self.ends.all_ended():
                     break
                 self._pull(poller, inp, ctrl, remaining * 1000)
             else:
@@ -205,7 +197,7 @@ class InferStage(Stage):
             self._pull(poller, inp, ctrl, 0)
         batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
         depth = Counter(msg.stream for msg in self.queue)
-        for stream in self.streams:
+        for stream in self.ends.streams:
             m.QUEUE_DEPTH.labels(self.name, stream).set(depth.get(stream, 0))
         return batch
 

@@ -13,17 +13,41 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import zmq
 
-from remembrall.learning.labelers import ExternalLabeler, Labeler, make_labeler
-from remembrall.learning.stagekit import BadSample, DropCounter, StreamEnds, check_sample
+from remembrall.learning.labelers import ExternalLabeler, Labeler, Labelled, LabelRequest, make_labeler
 from remembrall.monitoring import metrics as m
+from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
+from remembrall.pipeline.stream_ends import StreamEnds
+from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
 
 POLL_FILES_S = 0.5
+
+
+def label_request(sample: Message) -> LabelRequest:
+    """What a labeler sees of a ``sample`` message; the message itself, without its pixels and
+    with its arrays copied out of the receive buffer, rides along as the payload."""
+    info = {"stream": sample.stream, "seq": sample.seq, "pred": sample.get("pred"),
+            "entropy": sample.get("entropy"), "model_version": sample.get("model_version")}
+    slim = Message("sample", stream=sample.stream, seq=sample.seq, pts=sample.pts, ts=sample.ts,
+                   fields=dict(sample.fields), arrays=[np.array(a) for a in sample.arrays[:2]])
+    image = sample.arrays[2] if len(sample.arrays) >= 3 else None
+    return LabelRequest(sample.get("id"), image=image, label=sample.get("label"), info=info, payload=slim)
+
+
+def labelled_message(answer: Labelled) -> Message:
+    """The labelled sample to forward (PROTOCOL.md §2): embedding and probabilities, no pixels."""
+    sample: Message = answer.request.payload
+    fields = dict(sample.fields, label=answer.label, label_source=answer.source)
+    if answer.confidence is not None:
+        fields["label_confidence"] = answer.confidence
+    return Message("sample", stream=sample.stream, seq=sample.seq, pts=sample.pts, ts=sample.ts, fields=fields,
+                   arrays=list(sample.arrays[:2]))
 
 
 class LabelStage(Stage):
@@ -31,14 +55,15 @@ class LabelStage(Stage):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        self.labeler: Labeler = make_labeler(self.cfg.extra["label"], spec.run_dir or ".")
+        self.labeler: Labeler = make_labeler(self.cfg.label, spec.run_dir or ".")
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         self.drops = DropCounter(self.name)
         self.sent = 0
 
-    def _send_all(self, out: zmq.Socket, msgs: list[Message], stream: str = "") -> None:
+    def _send_all(self, out: zmq.Socket, answers: list[Labelled], stream: str = "") -> None:
         """Forward labelled samples; rejections since the last call are counted under ``stream``."""
-        for msg in msgs:
+        for answer in answers:
+            msg = labelled_message(answer)
             self.send(out, msg)
             self.sent += 1
             m.FRAMES.labels(self.name, msg.stream).inc()
@@ -53,7 +78,7 @@ class LabelStage(Stage):
         except BadSample as exc:
             self.drops.drop(exc.reason, msg.stream, str(exc))
             return
-        self._send_all(out, self.labeler.submit(msg), msg.stream)
+        self._send_all(out, self.labeler.submit(label_request(msg)), msg.stream)
 
     def _answer(self, msg: Message, out: zmq.Socket) -> None:
         if not isinstance(self.labeler, ExternalLabeler):

@@ -28,17 +28,19 @@ import numpy as np
 import torch
 import zmq
 
+from remembrall.atomic import atomic_write_json
 from remembrall.learning.arbiter import ComputeArbiter
-from remembrall.learning.fsutil import atomic_write_json
 from remembrall.learning.replay import ReplayError, ReplayMemory
 from remembrall.learning.reptile import BaseUpdater
-from remembrall.learning.stagekit import BadSample, DropCounter, StreamEnds, check_sample
 from remembrall.learning.trainer import SceneMonitor, TrainingRun, TrainSettings
 from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head, save_head
 from remembrall.monitoring import metrics as m
+from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
+from remembrall.pipeline.stream_ends import StreamEnds
 from remembrall.stages.buffer import buffer_path
+from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,8 @@ class RetrainStage(Stage):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        self.rcfg = self.cfg.extra["retrain"]
-        self.bcfg = self.cfg.extra["buffer"]
+        self.rcfg = self.cfg.retrain
+        self.bcfg = self.cfg.buffer
         if self.rcfg.threads > 0:
             torch.set_num_threads(self.rcfg.threads)  # leave the other cores to inference
         self.device = self.rcfg.device

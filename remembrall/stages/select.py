@@ -16,10 +16,12 @@ from typing import Any
 import zmq
 
 from remembrall.learning.sampling import Sampler, make_sampler
-from remembrall.learning.stagekit import BadSample, DropCounter, StreamEnds, check_sample
 from remembrall.monitoring import metrics as m
+from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
+from remembrall.pipeline.stream_ends import StreamEnds
+from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ class SelectStage(Stage):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        self.scfg = self.cfg.extra["select"]
+        self.scfg = self.cfg.select
         self.samplers: dict[str, Sampler] = {}
         self.held: dict[str, OrderedDict[str, Message]] = {}
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
@@ -38,11 +40,7 @@ class SelectStage(Stage):
 
     def _sampler(self, modality: str) -> Sampler:
         if modality not in self.samplers:
-            c = self.scfg
-            self.samplers[modality] = make_sampler(
-                c.sampler, rate=c.rate, window=c.window, memory=c.memory, k=c.k, quantile=c.quantile,
-                ewma=c.ewma, min_distance=c.min_distance, bank_windows=c.bank_windows,
-                mode=c.uniform_mode, seed=c.seed)
+            self.samplers[modality] = make_sampler(self.scfg)
             self.held[modality] = OrderedDict()
         return self.samplers[modality]
 

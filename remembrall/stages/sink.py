@@ -16,6 +16,7 @@ from typing import Any
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
+from remembrall.pipeline.stream_ends import StreamEnds
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,9 @@ class SinkStage(Stage):
         pub = self.socket("pub") if self.has("pub") else None
         path = Path(self.spec.out_dir) / self.cfg.sink.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        streams = set(self.spec.streams)
-        ended: set[str] = set(self.spec.finished_streams)
+        ends = StreamEnds(self.spec.streams, self.spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         last_seq: dict[str, int] = {}
         unflushed = 0
-        last_input = time.monotonic()
         # append: a restarted sink keeps what its previous life wrote
         with path.open("a", encoding="utf-8") as fh:
             while True:
@@ -59,23 +58,17 @@ class SinkStage(Stage):
                     if unflushed:
                         fh.flush()
                         unflushed = 0
-                    idle = time.monotonic() - last_input
-                    if self.stopping or streams <= ended or (
-                        self.spec.finished_streams and idle > self.cfg.supervisor.stage_idle_drain_s
-                    ):
+                    if self.stopping or ends.all_ended():
                         break
                     continue
-                last_input = time.monotonic()
-                if msg.kind == "eos":
-                    ended.add(msg.stream)
-                    streams.add(msg.stream)
-                    if streams <= ended:
-                        break
-                    continue
-                if msg.kind != "prediction":
+                if msg.kind not in ("eos", "prediction"):
                     m.DROPPED.labels(self.name, msg.stream, "unexpected_kind").inc()
                     continue
-                streams.add(msg.stream)
+                ends.seen(msg)
+                if msg.kind == "eos":
+                    if ends.all_ended():
+                        break
+                    continue
                 prev = last_seq.get(msg.stream)
                 if prev is not None and msg.seq > prev + 1:
                     m.DROPPED.labels(self.name, msg.stream, "lost").inc(msg.seq - prev - 1)

@@ -18,10 +18,6 @@ from remembrall.pipeline.runtime import Stage
 
 log = logging.getLogger(__name__)
 
-#: Exit status of a source stage whose input cannot be used at all: the supervisor does not
-#: restart it (restarting cannot fix a missing file) and reports the error.
-EXIT_BAD_SOURCE = 3
-
 
 class SourceStats:
     """Counts what a source reports into the stage's Prometheus metrics."""

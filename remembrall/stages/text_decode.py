@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 
-from remembrall.io.text_config import TextConfig
 from remembrall.io.text_lines import TextStats
 from remembrall.io.text_sources import (
     DirectorySource,
@@ -26,7 +25,8 @@ from remembrall.io.text_sources import (
 )
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
-from remembrall.stages.source import EXIT_BAD_SOURCE, SourceStage
+from remembrall.pipeline.runtime import EXIT_BAD_SOURCE
+from remembrall.stages.source import SourceStage
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class TextDecodeStage(SourceStage):
 
     def run(self) -> int:
         src = self.source_config()
-        tcfg: TextConfig = self.cfg.extra.get("text") or TextConfig()
+        tcfg = self.cfg.text
         self.socket("out")
         stream = self.stream
         stats = TextStats(tcfg.log_errors, on_drop=lambda reason: m.DROPPED.labels(self.name, stream, reason).inc())

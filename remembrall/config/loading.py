@@ -1,8 +1,7 @@
-"""Typed, validated pipeline configuration loaded from YAML.
+"""Loading a configuration: YAML walked against the type hints, command-line overrides, checks.
 
-Every section is a dataclass; loading walks the YAML against the type hints, so an unknown
-key, a wrong type or an out-of-range value is a :class:`ConfigError` that names the file and
-the dotted key (``configs/x.yaml: infer.batch_size: expected an integer >= 1, got 'big'``).
+An unknown key, a wrong type or an out-of-range value is a :class:`ConfigError` that names the
+file and the dotted key (``configs/x.yaml: infer.batch_size: expected an integer >= 1, got 'big'``).
 """
 
 from __future__ import annotations
@@ -11,129 +10,13 @@ import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased so the user knows which key to fix."""
-
-
-def setting(default: Any, *, min: float | None = None, max: float | None = None, help: str = "") -> Any:
-    """A config field with bounds (checked on load) and a one-line help text."""
-    return field(default=default, metadata={"min": min, "max": max, "help": help})
-
-
-def _lf(factory: Any) -> Any:
-    return field(default_factory=factory)
-
-
-@dataclass
-class SourceConfig:
-    """One input stream. ``uri`` is a path, ``rtsp://…``, ``http(s)://…``, ``/dev/videoN``,
-    ``builtin:NAME`` (a video a package ships), or for text: a path, ``-`` (stdin),
-    ``zmq+pull:tcp://…``, ``http+listen://127.0.0.1:PORT``."""
-
-    uri: str = "builtin:bigbuckbunny"
-    id: str = ""
-    modality: Literal["auto", "video", "text"] = "auto"
-    live: Literal["auto", "yes", "no"] = "auto"
-    rtsp_transport: Literal["tcp", "udp"] = "tcp"
-    timeout_s: float = setting(5.0, min=0.1)
-    reconnect_initial_s: float = setting(0.5, min=0.01)
-    reconnect_max_s: float = setting(10.0, min=0.01)
-    max_reconnects: int = setting(0, min=0, help="0 retries forever")
-    loop: int = setting(1, min=0, help="times to play a file; 0 loops forever")
-    max_fps: float | None = setting(None, min=0.01)
-    labels: str | None = None
-
-
-@dataclass
-class DecodeConfig:
-    width: int | None = setting(224, min=8, max=8192)
-    height: int | None = setting(224, min=8, max=8192)
-    threads: int = setting(0, min=0, help="decoder threads, 0 = FFmpeg's choice")
-    max_decode_errors: int = setting(100, min=0, help="consecutive undecodable packets before a file is abandoned")
-
-
-@dataclass
-class InferConfig:
-    backbone: Literal["efficientnet-lite0"] = "efficientnet-lite0"
-    device: str = "auto"
-    half: Literal["auto", "yes", "no"] = "auto"
-    batch_size: int = setting(16, min=1, max=1024)
-    max_wait_ms: float = setting(20.0, min=0.0)
-    image_size: int = setting(224, min=32, max=1024)
-    threads: int = setting(0, min=0, help="torch CPU threads, 0 = all cores")
-    topk: int = setting(5, min=1, max=100)
-    head: str = setting("imagenet", help="vision base head: 'imagenet', a head checkpoint path, or 'none' (cold start)")
-    text_head: str = setting("none", help="text base head: a head checkpoint path, or 'none' (cold start)")
-    queue: int = setting(32, min=1, help="frames infer holds ahead of its batches (more only adds latency)")
-
-
-@dataclass
-class SinkConfig:
-    path: str = "predictions.jsonl"
-    pub: str | None = None
-    flush_every: int = setting(32, min=1)
-
-
-@dataclass
-class MetricsConfig:
-    host: str = "127.0.0.1"
-    port: int = setting(9108, min=0, max=65535)
-    enabled: bool = True
-
-
-@dataclass
-class TransportConfig:
-    hwm: int = setting(16, min=1, help="messages queued per socket before backpressure (drop for live, block for files)")
-    max_message_bytes: int = setting(64 << 20, min=1024)
-    allow_remote: bool = False
-
-
-@dataclass
-class SupervisorConfig:
-    restart_backoff_s: float = setting(0.5, min=0.0)
-    restart_backoff_max_s: float = setting(10.0, min=0.0)
-    max_restarts: int = setting(10, min=0)
-    drain_timeout_s: float = setting(60.0, min=1.0)
-    stage_idle_drain_s: float = setting(5.0, min=0.1)
-    #: A stage whose supervisor died saves what it holds locally and exits; past this many
-    #: seconds it exits however far it got.
-    orphan_exit_s: float = setting(5.0, min=0.5, max=60.0)
-
-
-@dataclass
-class Config:
-    sources: list[SourceConfig] = _lf(lambda: [SourceConfig()])
-    decode: DecodeConfig = _lf(DecodeConfig)
-    infer: InferConfig = _lf(InferConfig)
-    sink: SinkConfig = _lf(SinkConfig)
-    metrics: MetricsConfig = _lf(MetricsConfig)
-    transport: TransportConfig = _lf(TransportConfig)
-    supervisor: SupervisorConfig = _lf(SupervisorConfig)
-    #: Run the learning loop (select → label → buffer → retrain → hot-swap), sections in
-    #: remembrall/learning/config.py.
-    learn: bool = False
-    run_dir: str | None = None
-    out: str = "out"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    #: Extension sections (select, buffer, label, retrain, text, ...) registered by other modules.
-    extra: dict[str, Any] = _lf(dict)
-
-
-#: Sections contributed by feature modules: name -> dataclass. Registered at import time.
-EXTRA_SECTIONS: dict[str, type] = {}
-
-
-def register_section(name: str, cls: type) -> type:
-    """Let a feature module add a top-level config section validated like the built-in ones."""
-    EXTRA_SECTIONS[name] = cls
-    return cls
+from remembrall.config.base import ConfigError
+from remembrall.config.schema import Config
 
 
 def _type_name(tp: Any) -> str:
@@ -221,38 +104,14 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
-        if cls is Config and key in EXTRA_SECTIONS:
-            continue
-        if key not in known or (cls is Config and key == "extra"):
-            choices = sorted(set(known) - {"extra"} | (set(EXTRA_SECTIONS) if cls is Config else set()))
-            raise ConfigError(f"{dotted}: unknown key (known keys here: {', '.join(choices)})")
+        if key not in known:
+            raise ConfigError(f"{dotted}: unknown key (known keys here: {', '.join(sorted(known))})")
         kwargs[key] = _convert(hints[key], value, dotted, dict(known[key].metadata))
-    obj = cls(**kwargs)
-    if cls is Config:
-        for name, section in EXTRA_SECTIONS.items():
-            obj.extra[name] = from_dict(section, data.get(name), name)
-    return obj
-
-
-#: Modules that call :func:`register_section` for their feature's config section.
-FEATURE_CONFIG_MODULES = ("remembrall.learning.config", "remembrall.io.text_config")
-
-
-def _import_feature_sections() -> None:
-    """Feature modules register their sections on import; import the known ones."""
-    import importlib
-
-    for mod in FEATURE_CONFIG_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    return cls(**kwargs)
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> Config:
     """Load and validate a YAML config; ``overrides`` are dotted keys from the command line."""
-    _import_feature_sections()
     data: Any = {}
     label = str(path) if path else "<defaults>"
     if path is not None:
@@ -318,11 +177,7 @@ def _check_semantics(cfg: Config, label: str) -> None:
 def config_to_dict(cfg: Any) -> Any:
     """Plain-data form of a config (for stage specs passed to child processes)."""
     if dataclasses.is_dataclass(cfg):
-        out = {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-        if isinstance(cfg, Config):
-            extra = out.pop("extra")
-            out.update(extra)
-        return out
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, list):
         return [config_to_dict(v) for v in cfg]
     if isinstance(cfg, dict):
@@ -332,5 +187,4 @@ def config_to_dict(cfg: Any) -> Any:
 
 def config_from_plain(data: dict[str, Any]) -> Config:
     """Rebuild a validated :class:`Config` from :func:`config_to_dict` output."""
-    _import_feature_sections()
     return from_dict(Config, data)

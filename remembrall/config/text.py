@@ -1,7 +1,5 @@
 """The ``text`` config section: how text sources read and bound their input, how text is embedded.
 
-Registered with :func:`remembrall.config.register_section`, so ``text:`` in a YAML file is
-validated like the built-in sections (unknown key or out-of-range value is a named error).
 Every limit here exists so that one bad producer (a 10 MB line, a binary file, a flood of
 POSTs) costs bounded memory and a counted drop, never the stage.
 """
@@ -11,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from remembrall.config import register_section, setting
+from remembrall.config.base import setting
 
 
 @dataclass
@@ -60,6 +58,3 @@ class TextConfig:
     #: device and CPU threads are infer's (``infer.device``, ``infer.threads``).
     max_tokens: int = setting(128, min=8, max=512)
     batch_size: int = setting(64, min=1, max=4096)
-
-
-register_section("text", TextConfig)

@@ -1,23 +1,15 @@
-"""What the learning stages (select, label, buffer, retrain) share: sample checks, end-of-stream.
-
-Kept free of torch so the light stages stay light.
-"""
+"""The checked view of a ``sample`` message that select, label, buffer and retrain all take
+(PROTOCOL.md §1): one validation, one set of drop reasons."""
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
-
-log = logging.getLogger(__name__)
 
 MAX_EMBED_DIM = 65536
 
@@ -69,51 +61,3 @@ def check_sample(msg: Message, need_label: bool = False) -> SampleView:
     if need_label and (not isinstance(label, str) or not label):
         raise BadSample("no_label", f"{sid}: labelled sample without a label")
     return SampleView(sid, emb, entropy, modality, label)
-
-
-class StreamEnds:
-    """Which streams ended; when a stage may finish (all ended, asked to stop, or idle after a
-    restart whose producers already finished)."""
-
-    def __init__(self, streams: list[str], finished: list[str], idle_drain_s: float) -> None:
-        self.streams = set(streams)
-        self.ended = set(finished)
-        self.restarted_late = bool(finished)
-        self.idle_drain_s = idle_drain_s
-        self.last_input = time.monotonic()
-
-    def seen(self, msg: Message) -> None:
-        self.last_input = time.monotonic()
-        if msg.stream:
-            self.streams.add(msg.stream)
-        if msg.kind == "eos":
-            self.ended.add(msg.stream)
-
-    def all_ended(self) -> bool:
-        if self.streams and self.streams <= self.ended:
-            return True
-        idle = time.monotonic() - self.last_input
-        return self.restarted_late and idle > self.idle_drain_s
-
-
-class DropCounter:
-    """Turns a labeler's/stage's reason counters into ``remembrall_frames_dropped`` increments."""
-
-    def __init__(self, stage: str) -> None:
-        self.stage = stage
-        self._last: Counter[str] = Counter()
-        self._logged: Counter[str] = Counter()
-
-    def sync(self, counts: Counter[str], stream: str = "") -> None:
-        for reason, n in counts.items():
-            delta = n - self._last[reason]
-            if delta > 0:
-                m.DROPPED.labels(self.stage, stream, reason).inc(delta)
-        self._last = Counter(counts)
-
-    def drop(self, reason: str, stream: str, detail: str) -> None:
-        m.DROPPED.labels(self.stage, stream, reason).inc()
-        self._logged[reason] += 1
-        n = self._logged[reason]
-        if n <= 5 or n % 1000 == 0:
-            log.warning("%s: dropped a message (%s): %s [%d so far]", self.stage, reason, detail, n)

@@ -1,15 +1,11 @@
-"""Config sections of the learning loop: ``select``, ``label``, ``buffer``, ``retrain``.
-
-Registered on import (``remembrall.config.FEATURE_CONFIG_MODULES`` lists this module), so a
-YAML file validates them like the built-in sections: an unknown key or a bad value names the key.
-"""
+"""Config sections of the learning loop: ``select``, ``label``, ``buffer``, ``retrain``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from remembrall.config import register_section, setting
+from remembrall.config.base import setting
 
 
 @dataclass
@@ -86,6 +82,8 @@ class RetrainConfig:
     delta_acc_max: float = setting(0.2, min=1e-6)
     drift_max: float = setting(0.3, min=1e-6)
     patience: int = setting(3, min=1, help="slices with S_t <= tau before stopping")
+    min_improvement: float = setting(0.005, min=0.0, max=1.0,
+                                     help="held-out accuracy gain that counts as progress (early stopping)")
     early_stopping: bool = True  # false: every run takes max_steps (fixed-budget baseline)
     share: float = setting(0.3, min=0.01, max=1.0, help="max share of compute time over the window")
     share_window_s: float = setting(10.0, min=0.1)
@@ -100,9 +98,3 @@ class RetrainConfig:
     republish_s: float = setting(5.0, min=0.1)
     keep_versions: int = setting(10, min=2)
     seed: int = 0
-
-
-register_section("select", SelectConfig)
-register_section("label", LabelConfig)
-register_section("buffer", BufferConfig)
-register_section("retrain", RetrainConfig)

@@ -53,14 +53,13 @@ def output_path(cfg: Config, output: str | None, modality: str = "video") -> Pat
 def embed_labelled_text(cfg: Config, uri: str) -> tuple[np.ndarray, list[str], int]:
     """Embed every labelled record of a finite text source (JSON Lines with ``text`` and ``label``)
     with the encoder infer uses: ``(N×384 embeddings, labels, skipped records)``."""
-    from remembrall.io.text_config import TextConfig
     from remembrall.io.text_lines import TextStats
     from remembrall.io.text_sources import TextSourceError, open_text_source
     from remembrall.models.text_encoder import TextEncoder
 
     src = copy.deepcopy(cfg.sources[0])
     src.uri, src.modality = uri, "text"
-    tcfg = cfg.extra.get("text") or TextConfig()
+    tcfg = cfg.text
     stats = TextStats(tcfg.log_errors)
     try:
         source = open_text_source(src, tcfg, stats, lambda: False)
@@ -94,7 +93,8 @@ def embed_labelled_source(cfg: Config, uri: str) -> tuple[np.ndarray, list[str],
     Frames are decoded and resized exactly as the decode stage does and embedded by the backbone
     infer uses, so the head sees at training time what it will see when served.
     """
-    from remembrall.io.video import CountingStats, open_source
+    from remembrall.io.frames import CountingStats
+    from remembrall.io.video import open_source
     from remembrall.models.backbone import VisionBackbone
 
     src = copy.deepcopy(cfg.sources[0])
@@ -198,15 +198,14 @@ def fit_base(cfg: Config, x: np.ndarray, labels: list[str], classes: list[str] |
 
 def fit_base_main(cfg: Config, args: argparse.Namespace) -> int:
     """CLI entry: ``remembrall fit-base CONFIG --source manifest.jsonl [--output PATH]``."""
-    from remembrall.pipeline.graph import detect_modality
+    from remembrall.io.sources import detect_modality
 
     uri = getattr(args, "source", None) or cfg.sources[0].uri
     probe = copy.deepcopy(cfg.sources[0])
     probe.uri = uri
     modality = detect_modality(probe)
     out = output_path(cfg, getattr(args, "output", None), modality)
-    label_cfg = cfg.extra.get("label")
-    classes = list(label_cfg.classes) if label_cfg is not None and label_cfg.classes else None
+    classes = list(cfg.label.classes) or None
     try:
         t0 = time.perf_counter()
         embed = embed_labelled_text if modality == "text" else embed_labelled_source

@@ -1,0 +1,28 @@
+"""Typed, validated pipeline configuration loaded from YAML (the bottom layer: imports nothing
+else of the project).
+
+Every section is a dataclass and a typed field of :class:`Config`; loading walks the YAML against
+the type hints, so an unknown key, a wrong type or an out-of-range value is a :class:`ConfigError`
+that names the file and the dotted key.
+"""
+
+from remembrall.config.base import ConfigError, section, setting
+from remembrall.config.learning import BufferConfig, LabelConfig, RetrainConfig, SelectConfig
+from remembrall.config.loading import config_from_plain, config_to_dict, from_dict, load_config
+from remembrall.config.schema import Config
+from remembrall.config.sections import (
+    DecodeConfig,
+    InferConfig,
+    MetricsConfig,
+    SinkConfig,
+    SourceConfig,
+    SupervisorConfig,
+    TransportConfig,
+)
+from remembrall.config.text import TextConfig
+
+__all__ = [
+    "BufferConfig", "Config", "ConfigError", "DecodeConfig", "InferConfig", "LabelConfig", "MetricsConfig",
+    "RetrainConfig", "SelectConfig", "SinkConfig", "SourceConfig", "SupervisorConfig", "TextConfig",
+    "TransportConfig", "config_from_plain", "config_to_dict", "from_dict", "load_config", "section", "setting",
+]

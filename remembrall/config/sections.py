@@ -1,0 +1,84 @@
+"""The pipeline's own sections: sources, decode, infer, sink, metrics, transport, supervisor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from remembrall.config.base import setting
+
+
+@dataclass
+class SourceConfig:
+    """One input stream. ``uri`` is a path, ``rtsp://…``, ``http(s)://…``, ``/dev/videoN``,
+    ``builtin:NAME`` (a video a package ships), or for text: a path, ``-`` (stdin),
+    ``zmq+pull:tcp://…``, ``http+listen://127.0.0.1:PORT``."""
+
+    uri: str = "builtin:bigbuckbunny"
+    id: str = ""
+    modality: Literal["auto", "video", "text"] = "auto"
+    live: Literal["auto", "yes", "no"] = "auto"
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    timeout_s: float = setting(5.0, min=0.1)
+    reconnect_initial_s: float = setting(0.5, min=0.01)
+    reconnect_max_s: float = setting(10.0, min=0.01)
+    max_reconnects: int = setting(0, min=0, help="0 retries forever")
+    loop: int = setting(1, min=0, help="times to play a file; 0 loops forever")
+    max_fps: float | None = setting(None, min=0.01)
+    labels: str | None = None
+
+
+@dataclass
+class DecodeConfig:
+    width: int | None = setting(224, min=8, max=8192)
+    height: int | None = setting(224, min=8, max=8192)
+    threads: int = setting(0, min=0, help="decoder threads, 0 = FFmpeg's choice")
+    max_decode_errors: int = setting(100, min=0, help="consecutive undecodable packets before a file is abandoned")
+
+
+@dataclass
+class InferConfig:
+    backbone: Literal["efficientnet-lite0"] = "efficientnet-lite0"
+    device: str = "auto"
+    half: Literal["auto", "yes", "no"] = "auto"
+    batch_size: int = setting(16, min=1, max=1024)
+    max_wait_ms: float = setting(20.0, min=0.0)
+    image_size: int = setting(224, min=32, max=1024)
+    threads: int = setting(0, min=0, help="torch CPU threads, 0 = all cores")
+    topk: int = setting(5, min=1, max=100)
+    head: str = setting("imagenet", help="vision base head: 'imagenet', a head checkpoint path, or 'none' (cold start)")
+    text_head: str = setting("none", help="text base head: a head checkpoint path, or 'none' (cold start)")
+    queue: int = setting(32, min=1, help="frames infer holds ahead of its batches (more only adds latency)")
+
+
+@dataclass
+class SinkConfig:
+    path: str = "predictions.jsonl"
+    pub: str | None = None
+    flush_every: int = setting(32, min=1)
+
+
+@dataclass
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = setting(9108, min=0, max=65535)
+    enabled: bool = True
+
+
+@dataclass
+class TransportConfig:
+    hwm: int = setting(16, min=1, help="messages queued per socket before backpressure (drop for live, block for files)")
+    max_message_bytes: int = setting(64 << 20, min=1024)
+    allow_remote: bool = False
+
+
+@dataclass
+class SupervisorConfig:
+    restart_backoff_s: float = setting(0.5, min=0.0)
+    restart_backoff_max_s: float = setting(10.0, min=0.0)
+    max_restarts: int = setting(10, min=0)
+    drain_timeout_s: float = setting(60.0, min=1.0)
+    stage_idle_drain_s: float = setting(5.0, min=0.1)
+    #: A stage whose supervisor died saves what it holds locally and exits; past this many
+    #: seconds it exits however far it got.
+    orphan_exit_s: float = setting(5.0, min=0.5, max=60.0)
