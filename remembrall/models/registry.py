@@ -14,8 +14,9 @@ serve. A rollback walks back through the accepted versions; pruning keeps the ne
 >>> reg.prune()
 >>> meta.version, reg.history, sorted(reg.versions())
 (3, [2, 3], [2, 3])
->>> reg.rollback()[0], reg.history
-(2, [2])
+>>> left, (head, meta) = reg.rollback()
+>>> left, meta.version, reg.history
+(3, 2, [2])
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ restarts; then the base head takes a Reptile step toward it (``models/base-v{N}.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,12 +27,12 @@ import numpy as np
 import torch
 import zmq
 
-from remembrall.atomic import atomic_write_json
 from remembrall.learning.arbiter import ComputeArbiter
 from remembrall.learning.replay import ReplayError, ReplayMemory
 from remembrall.learning.reptile import BaseUpdater
 from remembrall.learning.trainer import SceneMonitor, TrainingRun, TrainSettings
-from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head, save_head
+from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head
+from remembrall.models.registry import ModelRegistry
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
@@ -52,13 +51,12 @@ class ModalityState:
     """Everything retrain tracks for one modality (vision or text)."""
 
     modality: str
+    registry: ModelRegistry
     serving: ClassifierHead | None = None
     serving_meta: HeadMeta | None = None
     base: ClassifierHead | None = None
     base_meta: HeadMeta | None = None
     base_path: str | None = None
-    history: list[int] = field(default_factory=list)  # accepted versions, oldest first
-    next_version: int = 1
     updater: BaseUpdater = field(default_factory=BaseUpdater)
     monitor: SceneMonitor = field(default_factory=lambda: SceneMonitor(64))
     scene_at_last_run: np.ndarray | None = None
@@ -98,24 +96,12 @@ class RetrainStage(Stage):
         self._last_publish = 0.0
         self._pub: zmq.Socket | None = None
         for modality in ("vision", "text"):
-            if buffer_path(self.bcfg, self.run_dir, modality).exists() or self._head_files(modality):
+            if buffer_path(self.bcfg, self.run_dir, modality).exists() or self._registry(modality).versions():
                 self._state(modality)
 
-    # ------------------------------------------------------------------ files
-    def _prefix(self, modality: str) -> str:
-        return "" if modality == "vision" else f"{modality}-"
-
-    def _head_path(self, modality: str, version: int, kind: str = "head") -> Path:
-        return self.models_dir / f"{self._prefix(modality)}{kind}-v{version}.pt"
-
-    def _head_files(self, modality: str, kind: str = "head") -> dict[int, Path]:
-        pat = re.compile(rf"^{re.escape(self._prefix(modality))}{kind}-v(\d+)\.pt$")
-        out = {}
-        for p in self.models_dir.glob("*.pt"):
-            mt = pat.match(p.name)
-            if mt:
-                out[int(mt.group(1))] = p
-        return out
+    # ------------------------------------------------------------------ models
+    def _registry(self, modality: str) -> ModelRegistry:
+        return ModelRegistry(self.models_dir, modality, self.rcfg.keep_versions)
 
     def _initial_base(self, modality: str) -> tuple[ClassifierHead | None, HeadMeta | None, str | None]:
         """The base head infer starts from (``infer.head`` / ``infer.text_head``)."""
@@ -135,32 +121,21 @@ class RetrainStage(Stage):
     def _state(self, modality: str) -> ModalityState:
         if modality in self.states:
             return self.states[modality]
-        st = ModalityState(modality, updater=BaseUpdater(self.rcfg.reptile_eps_min, self.rcfg.reptile_eps_max,
-                                                        self.rcfg.reptile_ewma))
+        st = ModalityState(modality, self._registry(modality), updater=BaseUpdater(
+            self.rcfg.reptile_eps_min, self.rcfg.reptile_eps_max, self.rcfg.reptile_ewma))
         self.states[modality] = st
         # base: the newest Reptile-updated base, else what infer starts from
-        for version, path in sorted(self._head_files(modality, "base").items(), reverse=True):
-            try:
-                st.base, st.base_meta = load_head(path)
-                st.base_path = str(path)
-                st.updater.load_state(st.base_meta.extra.get("reptile", {}))
-                break
-            except CheckpointError as exc:
-                log.error("%s: skipping base checkpoint v%d: %s", self.name, version, exc)
-        if st.base is None:
+        newest = st.registry.newest_base()
+        if newest is not None:
+            st.base, st.base_meta, path = newest
+            st.base_path = str(path)
+            st.updater.load_state(st.base_meta.extra.get("reptile", {}))
+        else:
             st.base, st.base_meta, st.base_path = self._initial_base(modality)
         # specialized: what current.json names, else the newest loadable checkpoint
-        heads = self._head_files(modality)
-        st.next_version = max(heads, default=0) + 1
-        current = self._read_current(modality)
-        order = ([current] if current in heads else []) + sorted(heads, reverse=True)
-        for version in order:
-            try:
-                st.serving, st.serving_meta = load_head(heads[version])
-                st.history = [v for v in sorted(heads) if v <= version]
-                break
-            except CheckpointError as exc:
-                log.error("%s: cannot serve checkpoint v%d: %s", self.name, version, exc)
+        serving = st.registry.open_serving()
+        if serving is not None:
+            st.serving, st.serving_meta = serving
         # labels in the buffer newer than the serving head: a run was lost (crash) or never made
         path = buffer_path(self.bcfg, self.run_dir, modality)
         if path.exists():
@@ -175,27 +150,13 @@ class RetrainStage(Stage):
             log.info("%s: resuming %s head v%d", self.name, modality, st.serving_meta.version)
         return st
 
-    def _read_current(self, modality: str) -> int | None:
-        import json
-
-        for name in (f"current-{modality}.json", "current.json"):
-            p = self.models_dir / name
-            try:
-                data = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("modality", "vision") == modality \
-                    and isinstance(data.get("version"), int):
-                return int(data["version"])
-        return None
-
     # ------------------------------------------------------------------ announcements
     def _announcement(self, st: ModalityState, rollback: bool = False) -> Message | None:
         if st.serving is None or st.serving_meta is None:
             return None
         version = st.serving_meta.version
         fields: dict[str, Any] = {
-            "version": version, "path": str(self._head_path(st.modality, version).resolve()),
+            "version": version, "path": str(st.registry.path(version).resolve()),
             "classes": list(st.serving_meta.classes), "val_accuracy": st.serving_meta.val_accuracy,
             "rollback": rollback, "modality": st.modality,
         }
@@ -211,14 +172,6 @@ class RetrainStage(Stage):
             self.send(self._pub, msg, block=False)
         if record:
             self.published.append(msg)
-
-    def _write_current(self, st: ModalityState, fields: dict[str, Any] | None) -> None:
-        for name in (f"current-{st.modality}.json", "current.json"):
-            p = self.models_dir / name
-            if fields is None:
-                p.unlink(missing_ok=True)
-            else:
-                atomic_write_json(p, {k: v for k, v in fields.items() if k != "classes"})
 
     def _republish(self) -> None:
         now = time.monotonic()
@@ -253,27 +206,17 @@ class RetrainStage(Stage):
             return
         modality = msg.get("modality", "vision")
         st = self.states.get(modality)
-        if st is None or not st.history:
+        if st is None or not st.registry.history:
             log.warning("%s: rollback asked, but no %s version to roll back from", self.name, modality)
             return
         if st.run is not None:
             st.run.stop("rollback")
             st.run = None  # its baseline was the head being rolled back
         target = msg.get("to_version")
-        current = st.history.pop()
-        if isinstance(target, int) and target in st.history:
-            while st.history and st.history[-1] != target:
-                st.history.pop()
-        while st.history:
-            try:
-                st.serving, st.serving_meta = load_head(self._head_path(modality, st.history[-1]))
-                break
-            except CheckpointError as exc:
-                log.error("%s: cannot roll back to v%d: %s", self.name, st.history.pop(), exc)
-        if not st.history:
-            st.serving, st.serving_meta = None, None
+        current, serving = st.registry.rollback(target if isinstance(target, int) else None)
+        st.serving, st.serving_meta = serving if serving is not None else (None, None)
         announce = self._announcement(st, rollback=True)
-        self._write_current(st, announce.fields if announce else None)
+        st.registry.write_current(announce.fields if announce else None)
         to = st.serving_meta.version if st.serving_meta else 0
         log.warning("%s: rolled %s back from v%d to %s", self.name, modality, current,
                     f"v{to}" if st.serving_meta else "the base head")
@@ -362,7 +305,7 @@ class RetrainStage(Stage):
         st.new_labels, st.resume = 0, False
         m.RETRAIN_RUNS.labels(self.name, "").inc()
         log.info("%s: training run started for %s v%d: %d train / %d held-out samples, %d classes, "
-                 "serving accuracy %.3f", self.name, st.modality, st.next_version, len(ys), len(yv),
+                 "serving accuracy %.3f", self.name, st.modality, st.registry.next_version, len(ys), len(yv),
                  len(st.run.classes), st.run.baseline_accuracy)
 
     def _step(self, st: ModalityState, draining: bool) -> bool:
@@ -397,34 +340,29 @@ class RetrainStage(Stage):
             self.rejected_runs += 1
             log.warning("%s: %s run rejected (%s); the serving head stays", self.name, st.modality, summary)
             return
-        version = st.next_version
-        path = self._head_path(st.modality, version)
         parent = st.serving_meta.version if st.serving_meta else (st.base_meta.version if st.base_meta else None)
-        meta = HeadMeta(classes=res.classes, in_dim=res.head.in_dim, version=version, parent_version=parent,
+        meta = HeadMeta(classes=res.classes, in_dim=res.head.in_dim, parent_version=parent,
                         kind="specialized", val_accuracy=res.val_accuracy, created=time.time(),
                         extra={"stop_reason": res.stop_reason, "steps": res.steps, "modality": st.modality,
                                "baseline_accuracy": res.baseline_accuracy, "trained_seen": st.run_seen})
         try:
-            save_head(path, res.head, meta)
-            head, meta = load_head(path)  # what infer will load: check it before announcing
-        except (CheckpointError, OSError, ValueError) as exc:
-            log.error("%s: checkpoint v%d failed its check and is not announced: %s", self.name, version, exc)
-            path.unlink(missing_ok=True)
+            head, meta = st.registry.publish(res.head, meta)  # read back as infer will load it
+        except CheckpointError as exc:
+            log.error("%s: %s; it is not announced", self.name, exc)
             self.rejected_runs += 1
             return
-        st.next_version = version + 1
+        version = meta.version
         st.serving, st.serving_meta = head, meta
-        st.history.append(version)
         if self.rcfg.reptile:
             self._update_base(st, head, version)
         announce = self._announcement(st)
         assert announce is not None
-        self._write_current(st, announce.fields)
+        st.registry.write_current(announce.fields)
         self._publish(announce)
         self._last_publish = time.monotonic()
         m.MODEL_VERSION.labels(self.name, "").set(version)
         log.info("%s: %s head v%d accepted and announced (%s)", self.name, st.modality, version, summary)
-        self._prune(st)
+        st.registry.prune()
 
     def _update_base(self, st: ModalityState, spec: ClassifierHead, version: int) -> None:
         try:
@@ -436,22 +374,13 @@ class RetrainStage(Stage):
                         parent_version=st.base_meta.version if st.base_meta else None, kind="base",
                         created=time.time(), extra={"reptile": st.updater.state(), "eps": eps,
                                                     "modality": st.modality})
-        path = self._head_path(st.modality, version, "base")
         try:
-            save_head(path, new_base, meta)
+            path = st.registry.save_base(new_base, meta)
         except (OSError, ValueError) as exc:
             log.error("%s: cannot write base v%d: %s", self.name, version, exc)
             return
         st.base, st.base_meta, st.base_path = new_base, meta, str(path)
         log.info("%s: base head moved toward v%d with step %.3f", self.name, version, eps)
-
-    def _prune(self, st: ModalityState) -> None:
-        keep = self.rcfg.keep_versions
-        for kind in ("head", "base"):
-            files = self._head_files(st.modality, kind)
-            for version in sorted(files)[:-keep]:
-                files[version].unlink(missing_ok=True)
-        st.history = [v for v in st.history if self._head_path(st.modality, v).exists()]
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
