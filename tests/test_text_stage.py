@@ -78,7 +78,7 @@ def test_finite_file_to_tokens_then_eos_and_clean_exit(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err.decode()
-    assert [m.kind for m in msgs] == ["tokens", "tokens", "eos"]
+    assert [m.kind for m in msgs] == ["text", "text", "eos"]
     a, b, eos = msgs
     assert (a.stream, a.seq, a.get("text"), a.get("id"), a.get("label"), a.get("event_ts")) == \
         ("s0", 0, "alpha", "a1", "sport", 1.5)

@@ -24,6 +24,7 @@ import numpy as np
 from remembrall.config import Config, ConfigError
 from remembrall.io.errors import SourceError
 from remembrall.models.heads import HeadMeta, save_head
+from remembrall.models.modality import base_head_setting, open_modality
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,15 @@ class FitBaseError(ValueError):
     """Input that cannot give a usable base head; the message says what to fix."""
 
 
-def output_path(cfg: Config, output: str | None, modality: str = "video") -> Path:
+def output_path(cfg: Config, output: str | None, modality: str = "vision") -> Path:
     """Where the head goes: ``--output``, else ``infer.head`` (``infer.text_head``) when a path."""
     if output:
         return Path(output).expanduser()
-    key = "text_head" if modality == "text" else "head"
-    value = getattr(cfg.infer, key)
+    key = base_head_setting(modality)
+    value = getattr(cfg.infer, key.split(".", 1)[1])
     if value in ("imagenet", "none", ""):
-        raise ConfigError(f"infer.{key} is {value!r}, not a file: give --output PATH "
-                          f"(and set infer.{key} to that path to serve it)")
+        raise ConfigError(f"{key} is {value!r}, not a file: give --output PATH "
+                          f"(and set {key} to that path to serve it)")
     return Path(value).expanduser()
 
 
@@ -55,7 +56,6 @@ def embed_labelled_text(cfg: Config, uri: str) -> tuple[np.ndarray, list[str], i
     with the encoder infer uses: ``(N×384 embeddings, labels, skipped records)``."""
     from remembrall.io.text_lines import TextStats
     from remembrall.io.text_sources import TextSourceError, open_text_source
-    from remembrall.models.text_encoder import TextEncoder
 
     src = copy.deepcopy(cfg.sources[0])
     src.uri, src.modality = uri, "text"
@@ -82,8 +82,9 @@ def embed_labelled_text(cfg: Config, uri: str) -> tuple[np.ndarray, list[str], i
         source.close()
     if not labels:
         raise FitBaseError(f'{uri}: no labelled record ({unlabelled} unlabelled); a line is {{"text": ..., "label": NAME}}')
-    encoder = TextEncoder.from_config(tcfg, cfg.infer.device, cfg.infer.threads)
-    x = np.concatenate([encoder.embed(texts[i:i + EMBED_BATCH]) for i in range(0, len(texts), EMBED_BATCH)])
+    encoder = open_modality("text", cfg)
+    x = np.concatenate([encoder.embed(texts[i:i + EMBED_BATCH]).cpu().numpy()
+                        for i in range(0, len(texts), EMBED_BATCH)])
     return x.astype(np.float32), labels, unlabelled + sum(stats.as_dict()["dropped"].values())
 
 
@@ -95,7 +96,6 @@ def embed_labelled_source(cfg: Config, uri: str) -> tuple[np.ndarray, list[str],
     """
     from remembrall.io.frames import CountingStats
     from remembrall.io.video import open_source
-    from remembrall.models.backbone import VisionBackbone
 
     src = copy.deepcopy(cfg.sources[0])
     src.uri = uri
@@ -110,8 +110,7 @@ def embed_labelled_source(cfg: Config, uri: str) -> tuple[np.ndarray, list[str],
         source.close()
         raise FitBaseError(f"{uri} is a live source; fit-base needs finite annotated footage "
                            "(a manifest.jsonl or a video with a sidecar labels file)")
-    icfg = cfg.infer
-    backbone = VisionBackbone(icfg.device, icfg.half, icfg.image_size, icfg.threads)
+    backbone = open_modality("vision", cfg)
     embeddings: list[np.ndarray] = []
     labels: list[str] = []
     unlabelled = 0
@@ -119,7 +118,7 @@ def embed_labelled_source(cfg: Config, uri: str) -> tuple[np.ndarray, list[str],
 
     def flush() -> None:
         if batch:
-            embeddings.append(backbone.embed(np.stack(batch)).cpu().numpy().astype(np.float32))
+            embeddings.append(backbone.embed(batch).cpu().numpy().astype(np.float32))
             batch.clear()
 
     try:

@@ -16,7 +16,8 @@ class SourceConfig:
 
     uri: str = "builtin:bigbuckbunny"
     id: str = ""
-    modality: Literal["auto", "video", "text"] = "auto"
+    #: ``auto`` decides from the URI (and a .jsonl file's first line); ``video`` is a synonym of ``vision``.
+    modality: Literal["auto", "vision", "video", "text"] = "auto"
     live: Literal["auto", "yes", "no"] = "auto"
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     timeout_s: float = setting(5.0, min=0.1)

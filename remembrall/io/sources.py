@@ -13,9 +13,9 @@ _TEXT_SUFFIXES = (".txt", ".log", ".text", ".ndjson")
 
 
 def detect_modality(src: SourceConfig) -> str:
-    """``video`` or ``text`` for a source, from its config or by looking at the URI/file."""
+    """``vision`` or ``text`` for a source, from its config or by looking at the URI/file."""
     if src.modality != "auto":
-        return src.modality
+        return "vision" if src.modality == "video" else src.modality
     uri = src.uri
     if uri == "-" or uri.startswith(_TEXT_SCHEMES):
         return "text"
@@ -35,6 +35,6 @@ def detect_modality(src: SourceConfig) -> str:
                     first = json.loads(raw[:1 << 20])
                 except ValueError:
                     return "text"
-                return "video" if isinstance(first, dict) and "image" in first else "text"
+                return "vision" if isinstance(first, dict) and "image" in first else "text"
         return "text"
-    return "video"
+    return "vision"

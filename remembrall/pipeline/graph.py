@@ -30,7 +30,7 @@ def _ipc(run_dir: Path, name: str) -> str:
 def build_graph(cfg: Config, run_dir: Path, out_dir: Path) -> list[StageSpec]:
     """Return the stage specs of the whole pipeline, sources last (they start last)."""
     plain = config_to_dict(cfg)
-    modalities = {src.id: ("text" if detect_modality(src) == "text" else "vision") for src in cfg.sources}
+    modalities = {src.id: detect_modality(src) for src in cfg.sources}
     streams = [src.id for src in cfg.sources]
     infer_in = _ipc(run_dir, "infer.in")
     sink_in = _ipc(run_dir, "sink.in")

@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 KINDS = frozenset(
     {
         "frame",  # a decoded video frame (arrays[0]: HxWx3 uint8 RGB)
-        "tokens",  # a text item (fields: text; arrays optional)
+        "text",  # a text item (fields: text; arrays optional)
         "prediction",  # infer's output for one item (fields: top, entropy, model_version, ...)
         "sample",  # a candidate for learning (arrays: embedding, probs[, image])
         "label",  # a label for a previously selected sample

@@ -1,14 +1,15 @@
 """The infer stage: batched embedding + classification for every stream, with hot-swapped heads.
 
-Input ``in`` (PULL, fan-in from every source stage): ``frame`` and ``tokens`` messages and one
+Input ``in`` (PULL, fan-in from every source stage): ``frame`` and ``text`` messages and one
 ``eos`` per stream. Outputs: ``predictions`` (PUSH to the sink), optionally ``samples`` (PUSH to
 the select stage: the embedding, class probabilities and the frame or text, so learning never
 recomputes what inference already did), and ``load`` (PUB: backlog and busy share, for the
 retraining arbiter). Control input ``model_ready`` (SUB): new heads, applied between batches.
 The learning-loop messages are specified in remembrall/learning/PROTOCOL.md.
 
-Frames and texts share this one stage through a modality adapter: the vision backbone for
-frames, the MiniLM text encoder for tokens; heads, entropy, samples and predictions are the same.
+Frames and texts share this one stage through the modality adapters of
+:mod:`remembrall.models.modality` (the vision backbone for frames, the MiniLM encoder for
+texts); heads, entropy, samples and predictions are the same for both.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,8 @@ import numpy as np
 import torch
 import zmq
 
-from remembrall.models.backbone import VisionBackbone, resolve_device
-from remembrall.models.heads import CheckpointError, load_head
+from remembrall.models.backbone import resolve_device
+from remembrall.models.modality import Modality, base_head, kind_modality, open_modality
 from remembrall.models.serving import HeadServer, SwapRequest
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
@@ -34,7 +36,6 @@ from remembrall.pipeline.stream_ends import StreamEnds
 
 log = logging.getLogger(__name__)
 
-MODALITY_OF_KIND = {"frame": "vision", "tokens": "text"}
 ACCURACY_WINDOW = 500
 
 
@@ -52,17 +53,11 @@ class InferStage(Stage):
         self.device = resolve_device(icfg.device)
         if icfg.threads > 0:
             torch.set_num_threads(icfg.threads)
-        self.modalities: list[str] = list(spec.params.get("modalities", ["vision"]))
-        self.encoders: dict[str, Any] = {}
-        if "vision" in self.modalities:
-            self.encoders["vision"] = VisionBackbone(icfg.device, icfg.half, icfg.image_size, icfg.threads)
-        if "text" in self.modalities:
-            from remembrall.models.text_encoder import TextEncoder
-
-            self.encoders["text"] = TextEncoder.from_config(self.cfg.text, icfg.device, icfg.threads)
-        self.heads = HeadServer(self.device, {k: enc.dim for k, enc in self.encoders.items()})
+        names = list(spec.params.get("modalities", ["vision"]))
+        self.modalities: dict[str, Modality] = {name: open_modality(name, self.cfg) for name in names}
+        self.heads = HeadServer(self.device, {k: mod.dim for k, mod in self.modalities.items()})
         self._load_base_heads()
-        self.queue: deque[Message] = deque()
+        self.queue: deque[tuple[Message, Any]] = deque()  # (message, its payload)
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         self.topk = icfg.topk
         self._correct: dict[str, deque[bool]] = {}
@@ -75,25 +70,15 @@ class InferStage(Stage):
 
     # ------------------------------------------------------------------ setup
     def _load_base_heads(self) -> None:
-        icfg = self.cfg.infer
-        for modality, choice in (("vision", icfg.head), ("text", icfg.text_head)):
-            if modality not in self.encoders:
-                continue
-            if choice == "none":
+        for modality in self.modalities:
+            base = base_head(self.cfg, modality)
+            if base is None:
                 log.info("%s: no base %s head: cold start, predictions begin with the first trained head",
                          self.name, modality)
                 continue
-            if choice == "imagenet":
-                if modality != "vision":
-                    raise ValueError("infer.text_head cannot be 'imagenet'; use a checkpoint path or 'none'")
-                head, meta = self.encoders["vision"].imagenet_head()
-            else:
-                try:
-                    head, meta = load_head(choice)
-                except CheckpointError as exc:
-                    raise ValueError(f"infer.{'head' if modality == 'vision' else 'text_head'}: {exc}") from None
+            head, meta, _ = base
             self.heads.set_base(modality, head, meta)
-        for modality in self.encoders:
+        for modality in self.modalities:
             m.MODEL_VERSION.labels(self.name, "").set(self.heads.version(modality))
         m.SWAP_SECONDS.labels(self.name, "")  # exported (empty) before the first swap
 
@@ -158,25 +143,16 @@ class InferStage(Stage):
                     self.ends.seen(msg)
                     if msg.get("error"):
                         log.error("%s: stream %s ended with an error: %s", self.name, msg.stream, msg.get("error"))
-                elif msg.kind in MODALITY_OF_KIND and MODALITY_OF_KIND[msg.kind] in self.encoders:
-                    if not self._valid_item(msg):
+                elif kind_modality(msg.kind) in self.modalities:
+                    item = self.modalities[kind_modality(msg.kind)].item(msg.arrays, msg.fields)
+                    if item is None:
+                        m.DROPPED.labels(self.name, msg.stream, "malformed_payload").inc()
+                        log.warning("%s: dropped a %s message with an invalid payload", self.name, msg.kind)
                         continue
                     self.ends.seen(msg)
-                    self.queue.append(msg)
+                    self.queue.append((msg, item))
                 else:
                     m.DROPPED.labels(self.name, msg.stream, "unexpected_kind").inc()
-
-    def _valid_item(self, msg: Message) -> bool:
-        ok = True
-        if msg.kind == "frame":
-            ok = len(msg.arrays) == 1 and msg.arrays[0].dtype == np.uint8 and msg.arrays[0].ndim == 3 \
-                and msg.arrays[0].shape[2] == 3 and min(msg.arrays[0].shape[:2]) >= 8
-        elif msg.kind == "tokens":
-            ok = isinstance(msg.get("text"), str)
-        if not ok:
-            m.DROPPED.labels(self.name, msg.stream, "malformed_payload").inc()
-            log.warning("%s: dropped a %s message with an invalid payload", self.name, msg.kind)
-        return ok
 
     def _next_batch(self, poller: zmq.Poller, inp: zmq.Socket, ctrl: zmq.Socket | None) -> list[Message]:
         size = self.cfg.infer.batch_size
@@ -196,7 +172,7 @@ class InferStage(Stage):
         if self.stopping:  # take whatever already arrived, then stop
             self._pull(poller, inp, ctrl, 0)
         batch = [self.queue.popleft() for _ in range(min(size, len(self.queue)))]
-        depth = Counter(msg.stream for msg in self.queue)
+        depth = Counter(msg.stream for msg, _ in self.queue)
         for stream in self.ends.streams:
             m.QUEUE_DEPTH.labels(self.name, stream).set(depth.get(stream, 0))
         return batch
@@ -208,7 +184,7 @@ class InferStage(Stage):
             self._announce(msg.fields)
         elif msg.kind == "rollback":
             modality = msg.get("modality", "vision")
-            if modality in self.encoders and self.heads.rollback(modality):
+            if modality in self.modalities and self.heads.rollback(modality):
                 m.MODEL_VERSION.labels(self.name, "").set(self.heads.version(modality))
 
     def _announce(self, fields: dict[str, Any]) -> None:
@@ -216,7 +192,7 @@ class InferStage(Stage):
         wanted = [("specialized", fields.get("path"), fields.get("version")),
                   ("base", fields.get("base_path"), fields.get("base_version"))]
         modality = fields.get("modality", "auto")
-        if modality != "auto" and modality not in self.encoders:
+        if modality != "auto" and modality not in self.modalities:
             return
         for role, path, version in wanted:
             if path is None and role == "base":
@@ -235,7 +211,7 @@ class InferStage(Stage):
 
     def _resume_current_model(self) -> None:
         """A (re)started infer serves the models retrain last announced (models/current-{modality}.json)."""
-        for modality in self.encoders:
+        for modality in self.modalities:
             current = Path(self.spec.run_dir) / "models" / f"current-{modality}.json"
             if not current.is_file():
                 continue
@@ -260,19 +236,16 @@ class InferStage(Stage):
         self.send(sock, msg, block=False)
 
     # ------------------------------------------------------------------ work
-    def _process(self, batch: list[Message], preds: zmq.Socket, samples: zmq.Socket | None) -> None:
-        groups: dict[tuple[str, tuple[int, ...]], list[Message]] = {}
-        for msg in batch:
-            modality = MODALITY_OF_KIND[msg.kind]
-            key = (modality, msg.arrays[0].shape if modality == "vision" else ())
-            groups.setdefault(key, []).append(msg)
-        for (modality, _), msgs in groups.items():
+    def _process(self, batch: list[tuple[Message, Any]], preds: zmq.Socket, samples: zmq.Socket | None) -> None:
+        groups: dict[tuple[str, Hashable], list[tuple[Message, Any]]] = {}
+        for msg, item in batch:
+            modality = kind_modality(msg.kind)
+            groups.setdefault((modality, self.modalities[modality].batch_key(item)), []).append((msg, item))
+        for (modality, _), group in groups.items():
             t0 = time.perf_counter()
-            if modality == "vision":
-                emb = self.encoders["vision"].embed(np.stack([msg.arrays[0] for msg in msgs]))
-            else:
-                emb = torch.as_tensor(self.encoders["text"].embed([msg.get("text") for msg in msgs]))
-                emb = emb.to(self.device)
+            mod = self.modalities[modality]
+            msgs = [msg for msg, _ in group]
+            emb = mod.embed([item for _, item in group])
             served = self.heads.serving(modality)
             probs = None
             if served is not None:
@@ -305,11 +278,9 @@ class InferStage(Stage):
                 if samples is not None:
                     sample_fields = dict(fields)
                     sample_fields.pop("top", None)
-                    arrays = [emb_np[i], probs_np[i] if probs is not None else np.zeros(0, np.float32)]
-                    if modality == "vision" and self._sample_images:
-                        arrays.append(msg.arrays[0])
-                    else:
-                        sample_fields["text"] = msg.get("text")
+                    extra_arrays, extra_fields = mod.sample(group[i][1], with_pixels=self._sample_images)
+                    arrays = [emb_np[i], probs_np[i] if probs is not None else np.zeros(0, np.float32), *extra_arrays]
+                    sample_fields.update(extra_fields)
                     if probs is not None:
                         sample_fields["classes_version"] = served.meta.version
                     sample = Message("sample", stream=msg.stream, seq=msg.seq, pts=msg.pts, ts=msg.ts,

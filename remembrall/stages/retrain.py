@@ -31,7 +31,8 @@ from remembrall.learning.arbiter import ComputeArbiter
 from remembrall.learning.replay import ReplayError, ReplayMemory
 from remembrall.learning.reptile import BaseUpdater
 from remembrall.learning.trainer import SceneMonitor, TrainingRun, TrainSettings
-from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head
+from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta
+from remembrall.models.modality import base_head
 from remembrall.models.registry import ModelRegistry
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.drops import DropCounter
@@ -103,21 +104,6 @@ class RetrainStage(Stage):
     def _registry(self, modality: str) -> ModelRegistry:
         return ModelRegistry(self.models_dir, modality, self.rcfg.keep_versions)
 
-    def _initial_base(self, modality: str) -> tuple[ClassifierHead | None, HeadMeta | None, str | None]:
-        """The base head infer starts from (``infer.head`` / ``infer.text_head``)."""
-        choice = getattr(self.cfg.infer, "head" if modality == "vision" else "text_head", "none")
-        if choice == "none":
-            return None, None, None
-        if choice == "imagenet":
-            if modality != "vision":
-                raise ValueError("infer.text_head cannot be 'imagenet'")
-            from remembrall.models.backbone import VisionBackbone
-
-            head, meta = VisionBackbone(device="cpu").imagenet_head()
-            return head, meta, None
-        head, meta = load_head(choice)
-        return head, meta, str(Path(choice).resolve())
-
     def _state(self, modality: str) -> ModalityState:
         if modality in self.states:
             return self.states[modality]
@@ -131,7 +117,7 @@ class RetrainStage(Stage):
             st.base_path = str(path)
             st.updater.load_state(st.base_meta.extra.get("reptile", {}))
         else:
-            st.base, st.base_meta, st.base_path = self._initial_base(modality)
+            st.base, st.base_meta, st.base_path = base_head(self.cfg, modality) or (None, None, None)
         # specialized: what current.json names, else the newest loadable checkpoint
         serving = st.registry.open_serving()
         if serving is not None:

@@ -1,4 +1,4 @@
-"""The text source stage: one process per text stream, each record out as a ``tokens`` message.
+"""The text source stage: one process per text stream, each record out as a ``text`` message.
 
 Text enters the same graph as frames at "decode": this stage reads and validates lines (see
 :mod:`remembrall.io.text_sources`) and hands each record to infer, which embeds it with MiniLM
@@ -59,7 +59,7 @@ class TextDecodeStage(SourceStage):
         log.info("%s: reading %s (%s, %s on backpressure)", self.name, src.uri,
                  "follow" if source.follows else "until end of input", "drop" if live else "block")
         try:
-            _, sent, failure = self.pump(source, self._tokens_message, live=live, resumable=resumable,
+            _, sent, failure = self.pump(source, self._text_message, live=live, resumable=resumable,
                                          failures=(TextSourceError, OSError))
         finally:
             source.close()
@@ -74,10 +74,10 @@ class TextDecodeStage(SourceStage):
         self.send_eos(error)
         return EXIT_BAD_SOURCE if error else 0
 
-    def _tokens_message(self, item: TextItem) -> Message:
+    def _text_message(self, item: TextItem) -> Message:
         fields: dict[str, object] = {"text": item.text, "id": item.id, "position": item.position}
         if item.label is not None:
             fields["label"] = item.label
         if item.ts != item.ingest_ts:
             fields["event_ts"] = item.ts
-        return Message("tokens", stream=self.stream, seq=item.index, ts=item.ingest_ts, fields=fields)
+        return Message("text", stream=self.stream, seq=item.index, ts=item.ingest_ts, fields=fields)
