@@ -87,3 +87,36 @@ def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = No
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def accuracy_targets(systems: dict[str, Any], uniform_points: float) -> dict[str, Any]:
+    """The learning benchmarks' accuracy targets: remembrall ≥ 15 points over the static model and
+    ≥ ``uniform_points`` over uniform sampling, each with its measured value and whether it was met."""
+    out: dict[str, Any] = {}
+    if "remembrall" in systems and "static" in systems:
+        gain = systems["remembrall"]["mean_accuracy"] - systems["static"]["mean_accuracy"]
+        out["remembrall_vs_static_points"] = {"value": round(100 * gain, 1), "target": ">= 15", "met": gain >= 0.15}
+    if "remembrall" in systems and "uniform" in systems:
+        gain = systems["remembrall"]["mean_accuracy"] - systems["uniform"]["mean_accuracy"]
+        out["remembrall_vs_uniform_points"] = {"value": round(100 * gain, 1), "target": f">= {uniform_points:g}",
+                                               "met": gain >= uniform_points / 100}
+    return out
+
+
+def print_learning_report(report: dict[str, Any], figures: Sequence[Sequence[Any]], extra_columns: Sequence[str] = (),
+                          segment_name: Callable[[str], str] = str) -> None:
+    """Systems (accuracy, labels, retraining, swaps), accuracy by segment, ``figures``, targets."""
+    systems = report["systems"]
+    print_table([[n, r["mean_accuracy"], r["labels_used"], r["retrain_runs"], r["retrain_seconds"], r["swaps"],
+                  *(r[c] for c in extra_columns)] for n, r in systems.items()],
+                ["system", "mean_accuracy", "labels_used", "retrain_runs", "retrain_seconds", "swaps", *extra_columns])
+    print()
+    segs = list(next(iter(systems.values()))["per_segment_accuracy"])
+    print_table([[n] + [r["per_segment_accuracy"][k] for k in segs] for n, r in systems.items()],
+                ["accuracy by segment"] + [segment_name(k) for k in segs])
+    print()
+    print_table(figures, ["figure", "value"])
+    print()
+    print_table([[k, v["value"], v["target"], "yes" if v["met"] else "NO"] for k, v in report["targets"].items()],
+                ["target", "measured", "wanted", "met"])
+    print(f"machine: {report['machine']['cpus']} cpus, load {report['machine']['loadavg']}")

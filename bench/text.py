@@ -39,7 +39,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, measure_rate, print_table, write_json
+from bench.common import (
+    accuracy_targets,
+    machine,
+    measure_rate,
+    print_learning_report,
+    write_json,
+)
 from bench.continual import OVERRIDES, SYSTEMS, BenchError, plot, run_cli, set_args, summarize_system
 from bench.text_stream import SCHEDULE, build_text_stream
 
@@ -392,14 +398,7 @@ def assemble(results: dict[str, dict[str, Any]], info: dict[str, Any], base_repo
 
 def targets(report: dict[str, Any]) -> dict[str, Any]:
     """Issue 4's targets, each with the measured figures and whether it was met."""
-    s = report["systems"]
-    out: dict[str, Any] = {}
-    if "remembrall" in s and "static" in s:
-        gain = s["remembrall"]["mean_accuracy"] - s["static"]["mean_accuracy"]
-        out["remembrall_vs_static_points"] = {"value": round(100 * gain, 1), "target": ">= 15", "met": gain >= 0.15}
-    if "remembrall" in s and "uniform" in s:
-        gain = s["remembrall"]["mean_accuracy"] - s["uniform"]["mean_accuracy"]
-        out["remembrall_vs_uniform_points"] = {"value": round(100 * gain, 1), "target": ">= 0", "met": gain >= 0}
+    out = accuracy_targets(report["systems"], uniform_points=0)
     embed, pipe = report["embed_docs_per_s"], report["pipeline_docs_per_s"]
     out["pipeline_vs_embed_ratio"] = {"value": round(pipe / embed, 3) if pipe and embed else None,
                                       "target": ">= 0.9", "met": bool(pipe and embed and pipe >= 0.9 * embed)}
@@ -407,23 +406,11 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    rows = [[n, r["mean_accuracy"], r["labels_used"], r["retrain_runs"], r["retrain_seconds"], r["swaps"],
-             r["docs_per_s"]] for n, r in report["systems"].items()]
-    print_table(rows, ["system", "mean_accuracy", "labels_used", "retrain_runs", "retrain_seconds", "swaps",
-                       "docs_per_s"])
-    print()
-    segs = list(next(iter(report["systems"].values()))["per_segment_accuracy"])
-    print_table([[n] + [r["per_segment_accuracy"][k] for k in segs] for n, r in report["systems"].items()],
-                ["accuracy by segment"] + [k.split(",")[0] for k in segs])
-    print()
-    print_table([["embed_docs_per_s", report["embed_docs_per_s"]],
-                 ["pipeline_docs_per_s", report["pipeline_docs_per_s"]],
-                 ["max_tokens", report["settings"]["max_tokens"]],
-                 ["feed_docs_per_s", report["settings"]["feed_docs_per_s"]]], ["figure", "value"])
-    print()
-    print_table([[k, v["value"], v["target"], "yes" if v["met"] else "NO"] for k, v in report["targets"].items()],
-                ["target", "measured", "wanted", "met"])
-    print(f"machine: {report['machine']['cpus']} cpus, load {report['machine']['loadavg']}")
+    print_learning_report(report, [["embed_docs_per_s", report["embed_docs_per_s"]],
+                                   ["pipeline_docs_per_s", report["pipeline_docs_per_s"]],
+                                   ["max_tokens", report["settings"]["max_tokens"]],
+                                   ["feed_docs_per_s", report["settings"]["feed_docs_per_s"]]],
+                          extra_columns=["docs_per_s"], segment_name=lambda k: k.split(",")[0])
 
 
 if __name__ == "__main__":

@@ -94,10 +94,9 @@ def pick_video(arg: str | None, tmp: Path, smoke: bool) -> tuple[Path, str]:
 
 
 def load_cfg(config: str, video: Path, sets: list[str]) -> Any:
-    from remembrall.cli import _parse_set
-    from remembrall.config import load_config
+    from remembrall.config import load_config, parse_overrides
 
-    cfg = load_config(config, _parse_set(sets))
+    cfg = load_config(config, parse_overrides(sets))
     cfg.sources[0].uri = str(video)
     return cfg
 

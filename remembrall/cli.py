@@ -12,44 +12,30 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from remembrall.config import Config, ConfigError, load_config
+from remembrall.config import Config, ConfigError, load_config, parse_overrides
 from remembrall.logs import setup_logging
 from remembrall.packaged_configs import resolve, write_copies
 
 log = logging.getLogger("remembrall")
 
 
-def _parse_set(values: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set infer.batch_size=8")
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
-
-
-def _local_path(uri: str) -> Path | None:
-    """The filesystem path a source URI names, or None for network/device/builtin sources."""
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
-    if "://" in uri or uri.startswith(("builtin:", "/dev/video", "v4l2:", "zmq+", "http+")) or uri == "-":
-        return None
-    return Path(uri)
-
 
 def _preflight(cfg: Config) -> None:
     """Fail before starting any process on what is certainly wrong (a missing input file)."""
+    from remembrall.io.errors import SourceError
+    from remembrall.io.sources import parse_source
+
     for src in cfg.sources:
-        path = _local_path(src.uri)
-        if path is not None and not path.exists() and src.live != "yes":
-            raise ConfigError(f"source {src.id!r}: {path} does not exist (check the path given with --source)")
+        try:
+            parsed = parse_source(src)
+        except SourceError as exc:
+            raise ConfigError(f"source {src.id!r}: {exc}") from None
+        if parsed.must_exist and not parsed.path.exists() and src.live != "yes":
+            raise ConfigError(f"source {src.id!r}: {parsed.path} does not exist (check the path given with --source)")
 
 
 def load_run_config(args: argparse.Namespace) -> Config:
-    overrides = _parse_set(args.set or [])
+    overrides = parse_overrides(args.set or [])
     if getattr(args, "metrics_port", None) is not None:
         overrides["metrics.port"] = args.metrics_port
     if getattr(args, "out", None):

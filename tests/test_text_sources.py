@@ -19,14 +19,14 @@ import pytest
 import zmq
 
 from remembrall.config import SourceConfig, TextConfig
-from remembrall.io.text_lines import LineSplitter, TextStats
-from remembrall.io.text_sources import (
-    FileSource,
+from remembrall.io.text import (
     HttpSource,
+    TextFileSource,
     TextItem,
     TextSourceError,
     open_text_source,
 )
+from remembrall.io.text.lines import LineSplitter, TextStats
 
 FAST = TextConfig(poll_interval_s=0.02, dir_settle_s=0.05, checkpoint_interval_s=0.05)
 
@@ -245,7 +245,7 @@ def test_follow_waits_for_missing_file_and_resumes_at_saved_offset(tmp_path: Pat
     log_path = tmp_path / "late.log"
     state = tmp_path / "state" / "follow.json"
     stop = threading.Event()
-    src = FileSource(str(log_path), FAST, TextStats(), stop.is_set, follow=True, state_path=str(state))
+    src = TextFileSource(str(log_path), FAST, TextStats(), stop.is_set, follow=True, state_path=str(state))
     c = Consumer(src)
     time.sleep(0.1)
     log_path.write_text("a\nb\nc\n")
@@ -258,7 +258,7 @@ def test_follow_waits_for_missing_file_and_resumes_at_saved_offset(tmp_path: Pat
 
     _append(log_path, "d\ne\n")  # written while the stage was down
     stop2 = threading.Event()
-    src2 = FileSource(str(log_path), FAST, TextStats(), stop2.is_set, follow=True, state_path=str(state))
+    src2 = TextFileSource(str(log_path), FAST, TextStats(), stop2.is_set, follow=True, state_path=str(state))
     c2 = Consumer(src2)
     try:
         got = c2.take(2)
@@ -273,7 +273,7 @@ def test_follow_waits_for_missing_file_and_resumes_at_saved_offset(tmp_path: Pat
     with log_path.open("r+b") as f:  # rewritten in place while down: same inode, longer, other bytes
         f.write(b"X\nY\nZ\nW\nV\nU\n")
     stop3 = threading.Event()
-    src3 = FileSource(str(log_path), FAST, TextStats(), stop3.is_set, follow=True, state_path=str(state))
+    src3 = TextFileSource(str(log_path), FAST, TextStats(), stop3.is_set, follow=True, state_path=str(state))
     c3 = Consumer(src3)
     try:
         assert [i.position for i in c3.take(6)][:2] == [f"{log_path}:1", f"{log_path}:2"]
@@ -337,8 +337,8 @@ def test_stdin_through_a_real_pipe() -> None:
         "import json,sys\n"
         "from remembrall.config import SourceConfig\n"
         "from remembrall.config import TextConfig\n"
-        "from remembrall.io.text_lines import TextStats\n"
-        "from remembrall.io.text_sources import open_text_source\n"
+        "from remembrall.io.text.lines import TextStats\n"
+        "from remembrall.io.text import open_text_source\n"
         "st = TextStats()\n"
         "for it in open_text_source(SourceConfig(uri='-'), TextConfig(), st):\n"
         "    print(json.dumps([it.text, it.position, it.label]), flush=True)\n"

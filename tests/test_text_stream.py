@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from remembrall.config import SourceConfig, TextConfig
-from remembrall.io.text_lines import TextStats
-from remembrall.io.text_sources import open_text_source
+from remembrall.io.text import open_text_source
+from remembrall.io.text.lines import TextStats
 
 text_stream = pytest.importorskip("bench.text_stream")
 try:

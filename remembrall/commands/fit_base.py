@@ -54,8 +54,8 @@ def output_path(cfg: Config, output: str | None, modality: str = "vision") -> Pa
 def embed_labelled_text(cfg: Config, uri: str) -> tuple[np.ndarray, list[str], int]:
     """Embed every labelled record of a finite text source (JSON Lines with ``text`` and ``label``)
     with the encoder infer uses: ``(N×384 embeddings, labels, skipped records)``."""
-    from remembrall.io.text_lines import TextStats
-    from remembrall.io.text_sources import TextSourceError, open_text_source
+    from remembrall.io.text import TextSourceError, open_text_source
+    from remembrall.io.text.lines import TextStats
 
     src = copy.deepcopy(cfg.sources[0])
     src.uri, src.modality = uri, "text"

@@ -8,7 +8,13 @@ that names the file and the dotted key.
 
 from remembrall.config.base import ConfigError, section, setting
 from remembrall.config.learning import BufferConfig, LabelConfig, RetrainConfig, SelectConfig
-from remembrall.config.loading import config_from_plain, config_to_dict, from_dict, load_config
+from remembrall.config.loading import (
+    config_from_plain,
+    config_to_dict,
+    from_dict,
+    load_config,
+    parse_overrides,
+)
 from remembrall.config.schema import Config
 from remembrall.config.sections import (
     DecodeConfig,
@@ -24,5 +30,6 @@ from remembrall.config.text import TextConfig
 __all__ = [
     "BufferConfig", "Config", "ConfigError", "DecodeConfig", "InferConfig", "LabelConfig", "MetricsConfig",
     "RetrainConfig", "SelectConfig", "SinkConfig", "SourceConfig", "SupervisorConfig", "TextConfig",
-    "TransportConfig", "config_from_plain", "config_to_dict", "from_dict", "load_config", "section", "setting",
+    "TransportConfig", "config_from_plain", "config_to_dict", "from_dict", "load_config", "parse_overrides",
+    "section", "setting",
 ]

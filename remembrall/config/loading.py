@@ -134,6 +134,21 @@ def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any] |
     return cfg
 
 
+def parse_overrides(values: list[str]) -> dict[str, Any]:
+    """``["infer.batch_size=8", ...]`` (``--set``) → dotted keys with YAML-typed values.
+
+    >>> parse_overrides(["infer.batch_size=8", "label.classes=[a, b]"])
+    {'infer.batch_size': 8, 'label.classes': ['a', 'b']}
+    """
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set infer.batch_size=8")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any, label: str) -> None:
     """Set ``a.b.0.c`` (a list index where the node is a list) for a command-line override."""
     node: Any = data

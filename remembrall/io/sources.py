@@ -1,40 +1,127 @@
-"""What kind of stream a source URI is (video or text), decided in one place for the graph and
-for ``fit-base``."""
+"""A source URI, parsed once: what it names (a path, a camera, a network address), where it lives
+on disk, and whether it carries frames or text. The graph, the command line's pre-flight check,
+``fit-base`` and both source openers all read it from :func:`parse_source`.
+
+>>> from remembrall.config import SourceConfig
+>>> parse_source(SourceConfig(uri="rtsp://cam.local/stream1"))[1:]
+('rtsp', None, 'vision')
+>>> parse_source(SourceConfig(uri="zmq+pull:tcp://127.0.0.1:5555")).modality
+'text'
+>>> s = parse_source(SourceConfig(uri="file:///data/clip.mp4"))
+>>> s.scheme, str(s.path), s.is_local
+('file', '/data/clip.mp4', True)
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import unquote, urlsplit
 
 from remembrall.config import SourceConfig
+from remembrall.io.errors import SourceError
 
-_TEXT_SCHEMES = ("zmq+", "http+listen://", "follow://")
+_TEXT_SCHEMES = {"-", "zmq", "http+listen", "follow"}
 _TEXT_SUFFIXES = (".txt", ".log", ".text", ".ndjson")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_CAMERA_RE = re.compile(r"^/dev/video\d+$")
+
+
+class ParsedSource(NamedTuple):
+    """``scheme``: ``""`` (a plain path), ``file``, ``follow``, ``builtin``, ``rtsp``, ``rtsps``,
+    ``http``, ``https``, ``v4l2``, ``camera``, ``-`` (stdin), ``zmq``, ``http+listen``, or what an
+    unsupported URI said; ``path``: the local file, folder or device it names, if any."""
+
+    uri: str
+    scheme: str
+    path: Path | None
+    modality: str
+
+    @property
+    def is_local(self) -> bool:
+        """A file or folder on this machine (not a device, not the network, not a package's clip)."""
+        return self.scheme in ("", "file", "follow")
+
+    @property
+    def must_exist(self) -> bool:
+        """A file or folder read now (a followed one may appear later)."""
+        return self.scheme in ("", "file")
+
+
+def _scheme(uri: str) -> str:
+    if uri == "-":
+        return "-"
+    if _CAMERA_RE.match(uri):
+        return "camera"
+    if uri.startswith("zmq+"):
+        return "zmq"
+    mt = _SCHEME_RE.match(uri)
+    if mt is None:
+        return ""
+    scheme = mt.group(1).lower()
+    # a local name may contain a colon ("clip:1.mp4"): only URIs with // or known schemes are URIs
+    if scheme not in ("builtin", "v4l2") and not uri[mt.end():].startswith("//") and Path(uri).exists():
+        return ""
+    return scheme
+
+
+def _path(uri: str, scheme: str) -> Path | None:
+    if scheme == "":
+        return Path(uri).expanduser()
+    if scheme == "file":
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise SourceError(f"{uri}: file:// URLs must name a local path (file:///abs/path)")
+        return Path(unquote(parts.path))
+    if scheme == "follow":
+        return Path(uri[len("follow://"):]).expanduser()
+    if scheme == "camera":
+        return Path(uri)
+    if scheme == "v4l2":
+        return Path(urlsplit(uri).path)
+    return None
+
+
+def _jsonl_modality(path: Path) -> str:
+    """A manifest names images; a text stream carries ``text``: decided by the first line."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            raw = raw.strip()
+            if not raw:
+                continue
+            try:
+                first = json.loads(raw[:1 << 20])
+            except ValueError:
+                return "text"
+            return "vision" if isinstance(first, dict) and "image" in first else "text"
+    return "text"
+
+
+def parse_source(src: SourceConfig) -> ParsedSource:
+    """Parse ``src.uri``; the modality is ``src.modality`` unless that is ``auto``. A ``file://``
+    URL naming another host is a :class:`SourceError`."""
+    uri = src.uri.strip()
+    scheme = _scheme(uri)
+    path = _path(uri, scheme)
+    if src.modality != "auto":
+        modality = "vision" if src.modality == "video" else src.modality
+    elif scheme in _TEXT_SCHEMES:
+        modality = "text"
+    elif scheme in ("", "file") and path is not None:
+        suffix = path.suffix.lower()
+        if suffix in _TEXT_SUFFIXES or path.is_dir():
+            modality = "text"
+        elif suffix == ".jsonl" and path.is_file():
+            modality = _jsonl_modality(path)
+        else:
+            modality = "vision"
+    else:
+        modality = "vision"
+    return ParsedSource(uri, scheme, path, modality)
 
 
 def detect_modality(src: SourceConfig) -> str:
-    """``vision`` or ``text`` for a source, from its config or by looking at the URI/file."""
-    if src.modality != "auto":
-        return "vision" if src.modality == "video" else src.modality
-    uri = src.uri
-    if uri == "-" or uri.startswith(_TEXT_SCHEMES):
-        return "text"
-    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
-    if path.suffix.lower() in _TEXT_SUFFIXES:
-        return "text"
-    if path.is_dir():
-        return "text"
-    if path.suffix.lower() == ".jsonl" and path.is_file():
-        # a manifest names images; a text stream carries "text"
-        with path.open("rb") as fh:
-            for raw in fh:
-                raw = raw.strip()
-                if not raw:
-                    continue
-                try:
-                    first = json.loads(raw[:1 << 20])
-                except ValueError:
-                    return "text"
-                return "vision" if isinstance(first, dict) and "image" in first else "text"
-        return "text"
-    return "vision"
+    """``vision`` or ``text`` for a source."""
+    return parse_source(src).modality

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import av
 
@@ -35,6 +33,7 @@ from remembrall.io.frames import (
     redact,
 )
 from remembrall.io.manifest import ManifestSource, SidecarLabels, load_sidecar
+from remembrall.io.sources import parse_source
 
 if TYPE_CHECKING:
     from remembrall.config import SourceConfig
@@ -97,7 +96,7 @@ def _probe_video(
         container.close()
 
 
-class FileSource(FrameSource):
+class VideoFileSource(FrameSource):
     """A finite video (a local file or a non-live HTTP URL): plays ``loop`` times (0 = forever),
     counts undecodable packets, gives up after ``max_decode_errors`` consecutive ones, and logs a
     summary of the damage at the end of each play."""
@@ -250,18 +249,6 @@ class StreamSource(FrameSource):
 
 
 # ----------------------------------------------------------------------------------- opening
-_CAMERA_RE = re.compile(r"^/dev/video\d+$")
-
-
-def _local_path(uri: str) -> Path:
-    if uri.startswith("file://"):
-        parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost"):
-            raise SourceError(f"{uri}: file:// URLs must name a local path (file:///abs/path)")
-        from urllib.parse import unquote
-
-        return Path(unquote(parts.path))
-    return Path(uri).expanduser()
 
 
 def open_source(
@@ -279,14 +266,14 @@ def open_source(
     sources connect lazily during iteration and retry with backoff, so a camera or server that is
     not up yet does not fail the stage.
     """
-    uri = cfg.uri.strip()
+    parsed = parse_source(cfg)
+    uri, scheme = parsed.uri, parsed.scheme
     if not uri:
         raise SourceError("source uri is empty: set sources[].uri to a path, rtsp://, http(s)://, /dev/videoN or builtin:NAME")
     common: dict[str, Any] = dict(
         width=width, height=height, threads=threads, stats=stats, should_stop=should_stop,
         max_fps=cfg.max_fps, max_decode_errors=max_decode_errors,
     )
-    scheme = uri.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) else ""
     timeout = float(cfg.timeout_s)
     net_timeout_us = str(int(timeout * 1e6))
     reconnect = dict(
@@ -311,19 +298,19 @@ def open_source(
         if cfg.live == "auto" and duration is None:
             log.info("%s: no duration advertised, treating it as a live stream", redact(uri))
             return StreamSource(uri, uri, live=True, open_kwargs=open_kwargs, **reconnect, **common)
-        src = FileSource(uri, uri, loop=cfg.loop, open_kwargs=open_kwargs, live=False, **common)
+        src = VideoFileSource(uri, uri, loop=cfg.loop, open_kwargs=open_kwargs, live=False, **common)
         src.fps = fps
         return src
-    if scheme == "v4l2" or _CAMERA_RE.match(uri):
-        dev = urlsplit(uri).path if scheme == "v4l2" else uri
+    if scheme in ("v4l2", "camera"):
+        dev = str(parsed.path)
         if not os.path.exists(dev):
             raise SourceError(f"{uri}: camera device {dev} does not exist (is the camera plugged in? `ls /dev/video*`)")
         return StreamSource(
             uri, dev, live=cfg.live != "no",
             open_kwargs={"format": "v4l2", "timeout": (timeout, timeout)}, **reconnect, **common,
         )
-    if scheme in ("", "file") or Path(uri).exists():  # a local name may contain a colon
-        return _open_file(cfg, uri, _local_path(uri), common)
+    if scheme in ("", "file"):
+        return _open_file(cfg, uri, parsed.path, common)
     raise SourceError(
         f"{uri}: unsupported source scheme {scheme!r}; use a file path, file://, rtsp://, rtsps://, "
         "http(s)://, /dev/videoN, v4l2:///dev/videoN or builtin:NAME"
@@ -340,6 +327,6 @@ def _open_file(cfg: SourceConfig, uri: str, path: Path, common: dict[str, Any]) 
         return ManifestSource(uri, path, loop=cfg.loop, live=live, **common)
     _, fps = _probe_video(str(path), uri, {})
     labels = load_sidecar(path, cfg.labels, common.get("stats"))
-    src = FileSource(uri, str(path), loop=cfg.loop, labels=labels, live=live, **common)
+    src = VideoFileSource(uri, str(path), loop=cfg.loop, labels=labels, live=live, **common)
     src.fps = fps
     return src

@@ -14,7 +14,7 @@ from remembrall.io.errors import SourceError
 from remembrall.io.video import VideoFrame, open_source, redact
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import EXIT_BAD_SOURCE
-from remembrall.stages.source import SourceStage, SourceStats
+from remembrall.stages.source import MetricsSourceStats, SourceStage
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class DecodeStage(SourceStage):
         src = self.source_config()
         dec = self.cfg.decode
         self.socket("out")
-        source_stats = SourceStats(self.name, self.stream)
+        source_stats = MetricsSourceStats(self.name, self.stream)
         try:
             source = open_source(
                 src, dec.width, dec.height, threads=dec.threads, stats=source_stats,

@@ -19,8 +19,8 @@ from remembrall.pipeline.runtime import Stage
 log = logging.getLogger(__name__)
 
 
-class SourceStats:
-    """Counts what a source reports into the stage's Prometheus metrics."""
+class MetricsSourceStats:
+    """The :class:`~remembrall.io.frames.SourceStats` of a source stage: what a source reports, as Prometheus metrics."""
 
     def __init__(self, stage: str, stream: str) -> None:
         self._errors = m.DECODE_ERRORS.labels(stage, stream)

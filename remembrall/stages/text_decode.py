@@ -1,7 +1,7 @@
 """The text source stage: one process per text stream, each record out as a ``text`` message.
 
 Text enters the same graph as frames at "decode": this stage reads and validates lines (see
-:mod:`remembrall.io.text_sources`) and hands each record to infer, which embeds it with MiniLM
+:mod:`remembrall.io.text`) and hands each record to infer, which embeds it with MiniLM
 instead of running the vision backbone. Bad lines are counted into
 ``remembrall_frames_dropped_total{reason=invalid_utf8|malformed_json|bad_record|oversized|binary}``
 with their position in the log. Finite sources block on backpressure (nothing lost, and a
@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 import os
 
-from remembrall.io.text_lines import TextStats
-from remembrall.io.text_sources import (
+from remembrall.io.text import (
     DirectorySource,
-    FileSource,
+    TextFileSource,
     TextItem,
     TextSourceError,
     open_text_source,
 )
+from remembrall.io.text.lines import TextStats
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import EXIT_BAD_SOURCE
@@ -54,7 +54,7 @@ class TextDecodeStage(SourceStage):
         # A finite file or directory snapshot reads the same records again after a crash: skip
         # those already handed on. A followed file resumes by its own byte offset; stdin and
         # sockets cannot be re-read.
-        resumable = isinstance(source, (FileSource, DirectorySource)) and not source.follows
+        resumable = isinstance(source, (TextFileSource, DirectorySource)) and not source.follows
         connected.set(1)
         log.info("%s: reading %s (%s, %s on backpressure)", self.name, src.uri,
                  "follow" if source.follows else "until end of input", "drop" if live else "block")
