@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from remembrall.learning.arbiter import ComputeArbiter
 from remembrall.learning.replay import ReplayError, ReplayMemory
 from remembrall.learning.reptile import BaseUpdater
 from remembrall.learning.trainer import SceneMonitor, TrainingRun, TrainSettings
+from remembrall.learning.training_set import RecentLabels, TrainingSet, training_set
 from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta
 from remembrall.models.modality import base_head
 from remembrall.models.registry import ModelRegistry
@@ -44,7 +44,6 @@ from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
 
-RECENT_LABELS = 4096
 
 
 @dataclass
@@ -65,7 +64,7 @@ class ModalityState:
     new_labels: int = 0
     resume: bool = False
     retry_at: float = 0.0
-    recent: OrderedDict[str, tuple[np.ndarray, str, str]] = field(default_factory=OrderedDict)
+    recent: RecentLabels = field(default_factory=RecentLabels)
     run: TrainingRun | None = None
     run_seen: int = 0
     run_started: float = 0.0
@@ -178,10 +177,7 @@ class RetrainStage(Stage):
             return
         st = self._state(view.modality)
         st.monitor.add(view.embedding)
-        split = msg.get("split", "train")
-        st.recent[view.id] = (np.array(view.embedding, np.float32), view.label, split)
-        while len(st.recent) > RECENT_LABELS:
-            st.recent.popitem(last=False)
+        st.recent.add(view.id, view.embedding, view.label, msg.get("split", "train"))
         st.labels_total += 1
         st.new_labels += 1
         m.FRAMES.labels(self.name, msg.stream).inc()
@@ -223,55 +219,23 @@ class RetrainStage(Stage):
         drift = st.monitor.drift_from(st.scene_at_last_run)
         return drift >= r.drift_trigger and st.new_labels >= max(4, r.every_labels // 4)
 
-    def _dataset(self, st: ModalityState) -> tuple[np.ndarray, list[str], np.ndarray, list[str], int] | None:
+    def _training_set(self, st: ModalityState) -> TrainingSet | None:
         path = buffer_path(self.bcfg, self.run_dir, st.modality)
-        mem: ReplayMemory | None = None
+        memory = None
         if path.exists():
             try:
-                mem = ReplayMemory.load(path)
+                memory = ReplayMemory.load(path)
             except ReplayError as exc:
                 log.error("%s: cannot train from the buffer: %s", self.name, exc)
                 return None
-        xs, ys = (mem.dataset("train") if mem else (np.zeros((0, 0), np.float32), []))
-        xv, yv = (mem.dataset("holdout") if mem else (np.zeros((0, 0), np.float32), []))
-        held = set(mem.train.ids) | set(mem.holdout.ids) if mem else set()
-        extra: dict[str, list[Any]] = {"train": [], "holdout": []}
-        # Only the labels the buffer has not persisted yet (the newest ones) join the buffer's
-        # data: older recent labels absent from the file were evicted by its policy, and
-        # bringing them back would bypass buffer.capacity and holdout_capacity.
-        unpersisted = max(0, st.labels_total - (mem.seen if mem else 0))
-        newest = list(st.recent.items())[-unpersisted:] if unpersisted else []
-        for sid, (emb, label, split) in newest:
-            if sid not in held and split in extra:
-                extra[split].append((emb, label))
-        dim = xs.shape[1] if len(ys) else (xv.shape[1] if len(yv) else None)
-        if dim is None and (extra["train"] or extra["holdout"]):
-            dim = (extra["train"] or extra["holdout"])[0][0].shape[0]
-        if dim is None:
-            return None
-        xs, ys = self._merge(xs, ys, extra["train"], dim)
-        xv, yv = self._merge(xv, yv, extra["holdout"], dim)
-        seen = max(mem.seen if mem else 0, st.labels_total)
-        return xs, ys, xv, yv, seen
-
-    @staticmethod
-    def _merge(x: np.ndarray, y: list[str], extra: list[tuple[np.ndarray, str]], dim: int
-               ) -> tuple[np.ndarray, list[str]]:
-        if x.size == 0:
-            x = np.zeros((0, dim), np.float32)
-        if not extra:
-            return x, list(y)
-        ok = [(e, lab) for e, lab in extra if e.shape[0] == dim]
-        if not ok:
-            return x, list(y)
-        return np.concatenate([x, np.stack([e for e, _ in ok])]), list(y) + [lab for _, lab in ok]
+        return training_set(memory, st.recent, st.labels_total)
 
     def _start(self, st: ModalityState) -> None:
-        data = self._dataset(st)
+        data = self._training_set(st)
         if data is None:
             st.retry_at = time.monotonic() + 2.0
             return
-        xs, ys, xv, yv, seen = data
+        xs, ys, xv, yv, seen = data.xs, data.ys, data.xv, data.yv, data.seen
         if not ys or len(yv) < self.rcfg.min_holdout:
             log.info("%s: %d training and %d held-out %s samples: waiting for more before retraining",
                      self.name, len(ys), len(yv), st.modality)
