@@ -19,7 +19,6 @@ from remembrall.packaged_configs import resolve, write_copies
 log = logging.getLogger("remembrall")
 
 
-
 def _preflight(cfg: Config) -> None:
     """Fail before starting any process on what is certainly wrong (a missing input file)."""
     from remembrall.io.errors import SourceError

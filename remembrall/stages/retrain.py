@@ -45,7 +45,6 @@ from remembrall.stages.samples import BadSample, check_sample
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class ModalityState:
     """Everything retrain tracks for one modality (vision or text)."""
