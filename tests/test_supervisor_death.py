@@ -168,12 +168,12 @@ def test_killed_while_stages_are_starting(tmp_path, make_video, run_base) -> Non
     run = start(out, run_base, "--source", str(video))
     try:
         # sink, infer and decode spawned, still importing torch and loading the model
-        wait_for(lambda: len(run_processes(str(run_base))) >= 3, timeout=60, interval=0.02,
-                 what=f"the stages to spawn\n{run.log()}")
+        # (the supervisor logs a stage just after spawning it: wait for the line, not the process)
+        wait_for(lambda: "started stage decode-cam0" in run.log() and len(run_processes(str(run_base))) >= 3,
+                 timeout=60, interval=0.02, what=f"the stages to spawn\n{run.log()}")
         ready = {p.name for p in run_base.glob("remembrall-*/ready/*")}
         kill_supervisor(run, run_base)
     finally:
         run.stop()
-    assert "started stage decode-cam0" in run.log()
     assert "infer" not in ready, "infer had loaded its model: this is not a kill during start-up"
     assert_next_run_starts_cleanly(out, run_base, "--source", str(video), expect=24, killed_wrote=False)
