@@ -115,35 +115,17 @@ def cmd_fit_base(args: argparse.Namespace) -> int:
     return fit_base_main(cfg, args)
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
-    """Ask a running pipeline's retrain stage to go back to the previous (or a given) model."""
-    import zmq
+def cmd_ctl(args: argparse.Namespace) -> int:
+    """``remembrall ctl`` (and ``remembrall rollback``): commands to a running pipeline's memory and zoo."""
+    from remembrall.commands.ctl import CtlError, ctl_main
 
-    from remembrall.io.endpoints import open_socket
-    from remembrall.pipeline.messages import Message, encode_message
-
-    status_path = Path(args.out) / "status.json"
+    overrides = parse_overrides(args.set or [])
+    cfg = load_config(resolve(args.config) if args.config else None, overrides)
     try:
-        status = json.loads(status_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        print(f"remembrall: no running pipeline found in {args.out} (no readable status.json)", file=sys.stderr)
+        return ctl_main(cfg, args)
+    except CtlError as exc:
+        print(f"remembrall: {exc}", file=sys.stderr)
         return 2
-    control = Path(status.get("sock_dir", "")) / "sockets" / "retrain.control"
-    if "retrain" not in status.get("stages", {}) or not control.exists():
-        print(f"remembrall: the pipeline in {args.out} has no running retrain stage (learn: false?)", file=sys.stderr)
-        return 2
-    fields: dict[str, Any] = {"modality": args.modality}
-    if args.to_version is not None:
-        fields["to_version"] = args.to_version
-    ctx = zmq.Context()
-    try:
-        sock = open_socket(ctx, f"push+connect:ipc://{control}", linger_ms=5000)
-        sock.send_multipart(encode_message(Message("rollback", fields=fields)))
-        sock.close()
-    finally:
-        ctx.term()
-    print(f"rollback requested ({args.modality}{'' if args.to_version is None else f' to v{args.to_version}'})")
-    return 0
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -187,11 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite existing files")
     init.set_defaults(func=cmd_init)
 
+    def control(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--out", required=True, help="the pipeline's output directory")
+        sp.add_argument("--config", help="the run's config, when it moved memory/zoo/buffer paths")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        sp.add_argument("--modality", choices=["vision", "text"])
+
     rb = sub.add_parser("rollback", help="serve the previous specialized model again (a running pipeline)")
-    rb.add_argument("--out", required=True, help="the running pipeline's output directory")
+    control(rb)
     rb.add_argument("--to-version", type=int)
-    rb.add_argument("--modality", choices=["vision", "text"], default="vision")
-    rb.set_defaults(func=cmd_rollback)
+    rb.set_defaults(func=cmd_ctl, verb="rollback")
+
+    ctl = sub.add_parser("ctl", help="memory and zoo of a running pipeline: stats, sleep, forget, recall, rollback")
+    control(ctl)
+    verbs = ctl.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("stats", help="memory, buffer and zoo sizes, blend weight, specialists (JSON)")
+    verbs.add_parser("sleep", help="consolidate the episodic memory into the head now")
+    forget = verbs.add_parser("forget", help="remove a stream's memories, buffer samples and its own specialists")
+    forget.add_argument("--stream", required=True)
+    recall = verbs.add_parser("recall", help="serve a specialist from the zoo")
+    recall.add_argument("version", type=int)
+    back = verbs.add_parser("rollback", help="serve the previous specialized model again")
+    back.add_argument("--to-version", type=int)
+    ctl.set_defaults(func=cmd_ctl)
 
     # handled in main() before parsing; listed here so --help shows it
     sub.add_parser("status", help="show a running pipeline's stages, restarts, throughput, model version "

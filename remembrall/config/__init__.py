@@ -7,7 +7,14 @@ that names the file and the dotted key.
 """
 
 from remembrall.config.base import ConfigError, section, setting
-from remembrall.config.learning import BufferConfig, LabelConfig, RetrainConfig, SelectConfig
+from remembrall.config.learning import (
+    BufferConfig,
+    LabelConfig,
+    MemoryConfig,
+    RetrainConfig,
+    SelectConfig,
+    ZooConfig,
+)
 from remembrall.config.loading import (
     config_from_plain,
     config_to_dict,
@@ -28,6 +35,8 @@ from remembrall.config.sections import (
 from remembrall.config.text import TextConfig
 
 __all__ = [
+    "MemoryConfig",
+    "ZooConfig",
     "BufferConfig", "Config", "ConfigError", "DecodeConfig", "InferConfig", "LabelConfig", "MetricsConfig",
     "RetrainConfig", "SelectConfig", "SinkConfig", "SourceConfig", "SupervisorConfig", "TextConfig",
     "TransportConfig", "config_from_plain", "config_to_dict", "from_dict", "load_config", "parse_overrides",

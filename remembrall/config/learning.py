@@ -98,3 +98,43 @@ class RetrainConfig:
     republish_s: float = setting(5.0, min=0.1)
     keep_versions: int = setting(10, min=2)
     seed: int = 0
+
+
+@dataclass
+class MemoryConfig:
+    """Episodic memory (DESIGN §10): accepted labels that infer consults at once, no retraining."""
+
+    enabled: bool = True
+    capacity: int = setting(5000, min=1, max=10_000_000, help="stored labels per modality")
+    k: int = setting(8, min=1, max=256, help="neighbours that vote")
+    temperature: float = setting(0.05, min=1e-4, max=10.0, help="softmax temperature of the similarity vote")
+    duplicate_similarity: float = setting(0.98, min=0.0, max=1.0, help="a same-label item this similar is not stored")
+    known_surprise: float = setting(0.5, min=0.0, max=1.0,
+                                    help="below this surprise (1 - head's p(label)) an item is evicted first")
+    calibration_window: int = setting(100, min=1, help="newest labels the blend weight is calibrated on")
+    min_calibration: int = setting(16, min=1, help="labels scored before the blend may move off the head")
+    ivf_min: int = setting(50000, min=1, help="stored items from which CPU search uses a FAISS IVF index")
+    path: str = "buffer/memory.npz"
+    persist_every: int = setting(16, min=1, help="writes between atomic saves")
+    persist_interval_s: float = setting(2.0, min=0.0)
+    prune_margin: float = setting(0.3, min=0.0, max=1.0,
+                                  help="consolidation prunes items the new head gets right by this margin")
+    sleep_fill: float = setting(0.8, min=0.01, max=1.0, help="memory fill that triggers consolidation")
+    sleep_quiet_s: float = setting(120.0, min=0.0, help="seconds without a label that trigger consolidation (0 = off)")
+    sleep_min_items: int = setting(32, min=1, help="stored items before a quiet stream consolidates")
+
+
+@dataclass
+class ZooConfig:
+    """Specialist zoo (DESIGN §10): every accepted head kept with a scene key, recalled on return."""
+
+    enabled: bool = True
+    path: str = "zoo"
+    resident: int = setting(4, min=1, max=1000, help="specialists held on the device at once")
+    capacity: int = setting(5000, min=1, help="specialists kept on disk (oldest, least recalled go first)")
+    prototypes: int = setting(8, min=1, max=64, help="prototype embeddings in a scene key")
+    recall_window: int = setting(32, min=4, max=10000, help="recent items that describe the current scene")
+    recall_margin: float = setting(0.03, min=0.0, max=2.0,
+                                   help="how much better a zoo key must match the scene than the serving one")
+    recall_labels: int = setting(8, min=0, help="newest labels a recalled specialist is checked on")
+    routing: Literal["scene", "batch"] = setting("scene", help="scene: swap on a scene change; batch: per batch")

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from remembrall.config.base import section
-from remembrall.config.learning import BufferConfig, LabelConfig, RetrainConfig, SelectConfig
+from remembrall.config.learning import (
+    BufferConfig,
+    LabelConfig,
+    MemoryConfig,
+    RetrainConfig,
+    SelectConfig,
+    ZooConfig,
+)
 from remembrall.config.sections import (
     DecodeConfig,
     InferConfig,
@@ -35,6 +42,9 @@ class Config:
     label: LabelConfig = section(LabelConfig)
     buffer: BufferConfig = section(BufferConfig)
     retrain: RetrainConfig = section(RetrainConfig)
+    #: Episodic memory and specialist zoo (learning runs only).
+    memory: MemoryConfig = section(MemoryConfig)
+    zoo: ZooConfig = section(ZooConfig)
     #: Text sources and the text encoder.
     text: TextConfig = section(TextConfig)
     run_dir: str | None = None

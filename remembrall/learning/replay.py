@@ -21,12 +21,9 @@ empty memory. Never a silently wrong model.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import time
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from remembrall.atomic import atomic_write_bytes
+from remembrall.learning.archive import open_or_rebuild, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +223,21 @@ class ReplayMemory:
         self._ids.add(item.id)
         return True
 
+    def forget(self, stream: str) -> int:
+        """Remove every sample (training and held-out) that came from ``stream``; returns how many."""
+        removed = 0
+        for store in (self.train, self.holdout):
+            for slot in reversed([i for i, s in enumerate(store.streams) if s == stream]):
+                self._ids.discard(store.ids[slot])
+                store.pop(slot)
+                removed += 1
+        self._holdout_next %= self.holdout_capacity
+        return removed
+
+    def streams(self) -> dict[str, int]:
+        """Samples held per stream (training and held-out)."""
+        return dict(Counter(self.train.streams) + Counter(self.holdout.streams))
+
     # ------------------------------------------------------------------ persistence
     def to_bytes(self) -> bytes:
         meta = {
@@ -250,10 +263,7 @@ class ReplayMemory:
             meta[f"{name}_ids"] = list(store.ids)
             meta[f"{name}_labels"] = labels
             meta[f"{name}_streams"] = list(store.streams)
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        return pack(meta, arrays)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Persist atomically: a crash leaves the previous file or this one, never half of one."""
@@ -262,24 +272,7 @@ class ReplayMemory:
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "<bytes>", **overrides: Any) -> ReplayMemory:
         """Rebuild a memory from :meth:`to_bytes` output; any inconsistency is a :class:`ReplayError`."""
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                files = {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-            raise ReplayError(f"{where}: not a readable replay file ({type(exc).__name__}: {exc})") from None
-        if "meta" not in files:
-            raise ReplayError(f"{where}: no metadata; not a remembrall replay file")
-        try:
-            meta = json.loads(files["meta"].tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ReplayError(f"{where}: metadata is corrupt ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ReplayError(f"{where}: not a remembrall replay file (format {meta.get('format')!r})")
-        if meta.get("version") != FORMAT_VERSION:
-            raise ReplayError(
-                f"{where}: replay format version {meta.get('version')!r}, this build reads version "
-                f"{FORMAT_VERSION}; delete the file (or set buffer.on_corrupt: rebuild) to start a new buffer"
-            )
+        meta, files = unpack(data, FORMAT, FORMAT_VERSION, ReplayError, where)
         try:
             mem = cls(
                 capacity=int(overrides.get("capacity", meta["capacity"])),
@@ -327,15 +320,6 @@ class ReplayMemory:
         """Load ``path`` if it exists, else a new memory. A bad file raises, or with
         ``on_corrupt="rebuild"`` is renamed ``*.corrupt-<time>`` (kept for inspection) and replaced
         by an empty memory, with a warning saying so."""
-        p = Path(path)
-        if not p.exists():
-            return cls(**settings)
-        try:
-            return cls.load(p, **{k: v for k, v in settings.items() if k != "seed"})
-        except ReplayError as exc:
-            if on_corrupt != "rebuild":
-                raise
-            aside = p.with_name(f"{p.name}.corrupt-{int(time.time())}")
-            os.replace(p, aside)
-            log.warning("%s; moved it to %s and started an empty replay buffer", exc, aside)
-            return cls(**settings)
+        return open_or_rebuild(path, lambda p: cls.load(p, **{k: v for k, v in settings.items() if k != "seed"}),
+                               lambda: cls(**settings), ReplayError, rebuild=on_corrupt == "rebuild",
+                               instead="an empty replay buffer")

@@ -32,11 +32,21 @@ class RecentLabels:
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, tuple[np.ndarray, str, str]] = OrderedDict()
+        self._streams: dict[str, str] = {}
 
-    def add(self, sample_id: str, embedding: np.ndarray, label: str, split: str) -> None:
+    def add(self, sample_id: str, embedding: np.ndarray, label: str, split: str, stream: str = "") -> None:
         self._items[sample_id] = (np.array(embedding, np.float32), label, split)
+        self._streams[sample_id] = stream
         while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+            self._streams.pop(self._items.popitem(last=False)[0], None)
+
+    def forget_stream(self, stream: str) -> int:
+        """Drop the labels that came from ``stream``; returns how many."""
+        gone = [sid for sid, s in self._streams.items() if s == stream]
+        for sid in gone:
+            self._items.pop(sid, None)
+            del self._streams[sid]
+        return len(gone)
 
     def newest(self, n: int) -> list[tuple[str, tuple[np.ndarray, str, str]]]:
         return list(self._items.items())[-n:] if n > 0 else []

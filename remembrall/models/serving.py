@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -38,13 +39,18 @@ class SwapRequest:
     role: str  # "specialized" | "base"
     path: str
     version: int
+    #: serve it once loaded; False only makes it resident (a zoo specialist routed to later)
+    activate: bool = True
 
 
 class HeadServer:
     """Base + specialized heads per modality, with off-path loading and between-batch swaps."""
 
-    def __init__(self, device: torch.device, dims: dict[str, int]) -> None:
+    def __init__(self, device: torch.device, dims: dict[str, int], resident: int = 4) -> None:
         self.device = device
+        #: specialized heads kept loaded on the device, per modality, least recently served first
+        self.resident: dict[str, OrderedDict[int, ServedHead]] = {k: OrderedDict() for k in dims}
+        self.resident_max = max(1, resident)
         self.dims = dict(dims)
         self.base: dict[str, ServedHead | None] = dict.fromkeys(dims)
         self.specialized: dict[str, ServedHead | None] = dict.fromkeys(dims)
@@ -88,14 +94,54 @@ class HeadServer:
             except queue.Empty:
                 return done
             t0 = time.perf_counter()
-            slot = self.specialized if req.role == "specialized" else self.base
-            previous = slot.get(req.modality)
-            if previous is not None and req.role == "specialized":
-                self.history[req.modality].append(previous)
-                del self.history[req.modality][:-8]
-            slot[req.modality] = served
+            if req.role == "specialized":
+                self._keep_resident(req.modality, served)
+                if not req.activate:
+                    continue
+                self._serve_specialized(req.modality, served)
+            else:
+                self.base[req.modality] = served
             done.append((req, time.perf_counter() - t0))
             log.info("serving %s %s head v%d (%s)", req.modality, req.role, served.meta.version, req.path)
+
+    def _serve_specialized(self, modality: str, served: ServedHead) -> None:
+        previous = self.specialized.get(modality)
+        if previous is not None and previous is not served:
+            self.history[modality].append(previous)
+            del self.history[modality][:-8]
+        self.specialized[modality] = served
+        self.resident[modality].move_to_end(served.meta.version)
+
+    def _keep_resident(self, modality: str, served: ServedHead) -> None:
+        cache = self.resident[modality]
+        cache[served.meta.version] = served
+        cache.move_to_end(served.meta.version)
+        serving = self.specialized.get(modality)
+        while len(cache) > self.resident_max:
+            oldest = next(iter(cache))
+            if serving is not None and cache[oldest] is serving:
+                cache.move_to_end(oldest)
+                oldest = next(iter(cache))
+            del cache[oldest]
+
+    def activate(self, modality: str, version: int) -> bool:
+        """Serve a resident specialized head at once (a zoo recall); False when not resident."""
+        served = self.resident.get(modality, {}).get(version)
+        if served is None:
+            return False
+        if self.specialized.get(modality) is not served:
+            self._serve_specialized(modality, served)
+            log.info("serving %s specialized head v%d (recalled, resident)", modality, version)
+        return True
+
+    def resident_versions(self, modality: str) -> list[int]:
+        return list(self.resident.get(modality, {}))
+
+    def device_bytes(self, modality: str) -> int:
+        """Bytes of head parameters this server holds on its device for ``modality``."""
+        heads = {id(h): h for h in (*self.resident.get(modality, {}).values(), self.base.get(modality),
+                                    self.specialized.get(modality), *self.history.get(modality, [])) if h}
+        return sum(p.numel() * p.element_size() for h in heads.values() for p in h.head.parameters())
 
     def rollback(self, modality: str) -> bool:
         """Go back to the previous specialized head (or to the base if there is none)."""

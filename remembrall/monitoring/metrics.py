@@ -83,3 +83,54 @@ STAGE_UP = Gauge(
     multiprocess_mode="livemax",
 )
 STAGE_RESTARTS = Counter("remembrall_stage_restarts", "Times the supervisor restarted a stage.", ["stage"])
+
+# --- episodic memory and specialist zoo (DESIGN §10); ``modality`` is vision or text
+MEMORY_ITEMS = Gauge(
+    "remembrall_memory_items", "Labelled items held in the episodic memory.", ["stage", "modality"],
+    multiprocess_mode="livemax",
+)
+MEMORY_WRITES = Counter(
+    "remembrall_memory_writes", "Labels offered to the episodic memory, by outcome (stored, duplicate, evicted).",
+    ["stage", "modality", "outcome"],
+)
+MEMORY_QUERIES = Counter(
+    "remembrall_memory_queries", "Predictions made while the episodic memory held items.", ["stage", "modality"]
+)
+MEMORY_HITS = Counter(
+    "remembrall_memory_hits", "Predictions the memory's vote took part in (blend weight above zero).",
+    ["stage", "modality"],
+)
+MEMORY_CHANGED = Counter(
+    "remembrall_memory_changed", "Predictions whose top class the memory changed from the head's.",
+    ["stage", "modality"],
+)
+MEMORY_BLEND = Gauge(
+    "remembrall_memory_blend_weight", "Calibrated weight of the memory's vote in the blend (0 = head alone).",
+    ["stage", "modality"], multiprocess_mode="livemax",
+)
+CONSOLIDATIONS = Counter(
+    "remembrall_consolidations", "Sleep consolidations: heads trained on the memory, by outcome.",
+    ["stage", "modality", "outcome"],
+)
+MEMORY_PRUNED = Counter(
+    "remembrall_memory_pruned", "Memories pruned after a consolidated head was accepted.", ["stage", "modality"]
+)
+ZOO_SIZE = Gauge(
+    "remembrall_zoo_specialists", "Specialists kept in the zoo (on disk).", ["stage", "modality"],
+    multiprocess_mode="livemax",
+)
+ZOO_RESIDENT = Gauge(
+    "remembrall_zoo_resident", "Specialists resident on the inference device.", ["stage", "modality"],
+    multiprocess_mode="livemax",
+)
+ZOO_RECALLS = Counter(
+    "remembrall_zoo_recalls", "Specialists recalled from the zoo (a returning scene).", ["stage", "modality"]
+)
+ZOO_RECALL_HITS = Counter(
+    "remembrall_zoo_recall_hits",
+    "Recalls whose specialist beat the head it replaced on the labels that followed.", ["stage", "modality"],
+)
+DEVICE_MEMORY_BYTES = Gauge(
+    "remembrall_device_memory_bytes", "Bytes infer holds on its device for heads, zoo and memory.",
+    ["stage", "modality"], multiprocess_mode="livemax",
+)

@@ -51,13 +51,20 @@ def build_graph(cfg: Config, run_dir: Path, out_dir: Path) -> list[StageSpec]:
         infer_outputs["samples"] = f"push+connect:{select_in}"
         infer_outputs["load"] = f"pub+bind:{infer_load}"
         infer_inputs["model_ready"] = f"sub+connect:{model_ready}"
+        buffer_outputs = {"labelled": f"push+connect:{retrain_in}"}
+        buffer_inputs = {"labelled": f"pull+bind:{buffer_in}"}
+        if cfg.memory.enabled or cfg.zoo.enabled:
+            # accepted labels reach infer's episodic memory (and zoo router) at once; PUB/SUB like
+            # every control edge, so the learning loop never waits on infer (nor forms a data cycle)
+            infer_inputs["memory"] = f"sub+connect:{_ipc(run_dir, 'memory')}"
+            buffer_outputs["memory"] = f"pub+bind:{_ipc(run_dir, 'memory')}"
+        buffer_inputs["control"] = f"sub+connect:{model_ready}"  # forget commands retrain relays
         specs += [
             spec("retrain", "retrain", streams=streams,
                  inputs={"labelled": f"pull+bind:{retrain_in}", "infer_load": f"sub+connect:{infer_load}",
                          "control": f"pull+bind:{_ipc(run_dir, 'retrain.control')}"},
                  outputs={"model_ready": f"pub+bind:{model_ready}"}),
-            spec("buffer", "buffer", streams=streams, inputs={"labelled": f"pull+bind:{buffer_in}"},
-                 outputs={"labelled": f"push+connect:{retrain_in}"}),
+            spec("buffer", "buffer", streams=streams, inputs=buffer_inputs, outputs=buffer_outputs),
             spec("label", "label", streams=streams, inputs={"selected": f"pull+bind:{label_in}"},
                  outputs={"labelled": f"push+connect:{buffer_in}"}),
             spec("select", "select", streams=streams, inputs={"samples": f"pull+bind:{select_in}"},

@@ -35,6 +35,9 @@ KINDS = frozenset(
         "eos",  # end of a stream
         "model_ready",  # a new specialized model checkpoint is available
         "rollback",  # go back to the previous model version
+        "sleep",  # consolidate the episodic memory into the head now
+        "recall",  # serve a specialist from the zoo
+        "forget",  # remove a stream's memories, samples and own specialists
         "control",  # other control traffic
     }
 )

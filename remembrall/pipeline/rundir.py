@@ -59,3 +59,13 @@ def remove_stale_run_dirs(base: str | os.PathLike[str]) -> list[Path]:
         log.info("removed %d run folder(s) of pipelines that were killed: %s", len(removed),
                  ", ".join(p.name for p in removed))
     return removed
+
+
+def modality_path(path: str, run_dir: str | Path, modality: str) -> Path:
+    """``path`` under the run dir, with ``-<modality>`` before the suffix for every modality but vision."""
+    p = Path(path)
+    if not p.is_absolute():
+        p = Path(run_dir or ".") / p
+    if modality != "vision":
+        p = p.with_name(f"{p.stem}-{modality}{p.suffix}")
+    return p

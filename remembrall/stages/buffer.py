@@ -23,6 +23,7 @@ from remembrall.learning.replay import ReplayMemory
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
+from remembrall.pipeline.rundir import modality_path
 from remembrall.pipeline.runtime import Stage
 from remembrall.pipeline.stream_ends import StreamEnds
 from remembrall.stages.samples import BadSample, check_sample
@@ -32,12 +33,7 @@ log = logging.getLogger(__name__)
 
 def buffer_path(cfg: Any, run_dir: str | Path, modality: str = "vision") -> Path:
     """Where the replay memory of ``modality`` lives (relative paths are under the run dir)."""
-    p = Path(cfg.path)
-    if not p.is_absolute():
-        p = Path(run_dir or ".") / p
-    if modality != "vision":
-        p = p.with_name(f"{p.stem}-{modality}{p.suffix}")
-    return p
+    return modality_path(cfg.path, run_dir, modality)
 
 
 class BufferStage(Stage):
@@ -100,19 +96,47 @@ class BufferStage(Stage):
         m.BUFFER_SIZE.labels(self.name, "").set(len(mem))
         self.save(view.modality)
         msg.fields["split"] = split
-        self.send(out, Message("sample", stream=msg.stream, seq=msg.seq, pts=msg.pts, ts=msg.ts,
-                               fields=msg.fields, arrays=msg.arrays[:2]))
+        forward = Message("sample", stream=msg.stream, seq=msg.seq, pts=msg.pts, ts=msg.ts,
+                          fields=msg.fields, arrays=msg.arrays[:2])
+        self.send(out, forward)
+        if self.has("memory") and not self.send(self.socket("memory", linger_ms=0), forward, block=False):
+            # infer is far behind: the label still trains the next head from the buffer
+            self.drops.drop("memory_backpressure", msg.stream, f"{view.id} did not reach the episodic memory")
+
+    def on_control(self, msg: Message) -> None:
+        """``forget`` (relayed by retrain): remove a stream's samples and save at once."""
+        stream = msg.get("forget_stream")
+        if msg.kind != "forget" or not isinstance(stream, str):
+            return
+        for modality, mem in self.memories.items():
+            n = mem.forget(stream)
+            if n:
+                self.dirty[modality] += n
+                self.save(modality, force=True)
+                m.BUFFER_SIZE.labels(self.name, "").set(len(mem))
+            log.info("%s: forgot %d %s samples of stream %s", self.name, n, modality, stream)
 
     def run(self) -> int:
         inp = self.socket("labelled")
         out = self._out()
+        ctrl = self.socket("control") if self.has("control") else None
+        poller = zmq.Poller()
+        for sock in (inp, ctrl):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
         try:
             while not self.stopping and not self.ends.all_ended():
-                msg = self.recv(inp, timeout_ms=100)
-                if msg is not None:
-                    self.ends.seen(msg)
-                    if msg.kind != "eos":
-                        self.handle(msg, out)
+                events = dict(poller.poll(100))
+                if ctrl is not None and ctrl in events:
+                    msg = self.recv_ready(ctrl)
+                    if msg is not None:
+                        self.on_control(msg)
+                if inp in events:
+                    msg = self.recv_ready(inp)
+                    if msg is not None:
+                        self.ends.seen(msg)
+                        if msg.kind != "eos":
+                            self.handle(msg, out)
                 for modality in self.memories:
                     self.save(modality)
         finally:

@@ -33,6 +33,8 @@ from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
 from remembrall.pipeline.stream_ends import StreamEnds
+from remembrall.stages.recall import MemoryKeeper, ZooRouter
+from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,14 @@ class InferStage(Stage):
             torch.set_num_threads(icfg.threads)
         names = list(spec.params.get("modalities", ["vision"]))
         self.modalities: dict[str, Modality] = {name: open_modality(name, self.cfg) for name in names}
-        self.heads = HeadServer(self.device, {k: mod.dim for k, mod in self.modalities.items()})
+        dims = {k: mod.dim for k, mod in self.modalities.items()}
+        self.heads = HeadServer(self.device, dims, resident=self.cfg.zoo.resident)
         self._load_base_heads()
+        learn = self.cfg.learn
+        self.memory = (MemoryKeeper(self.cfg, spec.run_dir, dims, self.device, self.name)
+                       if learn and self.cfg.memory.enabled else None)
+        self.router = ZooRouter(self.cfg, spec.run_dir, dims, self.heads, self.name) if learn and self.cfg.zoo.enabled else None
+        self._consolidated: set[tuple[str, int]] = set()
         self.queue: deque[tuple[Message, Any]] = deque()  # (message, its payload)
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         self.topk = icfg.topk
@@ -89,18 +97,20 @@ class InferStage(Stage):
         samples = self.socket("samples") if self.has("samples") else None
         ctrl = self.socket("model_ready") if self.has("model_ready") else None
         status = self.socket("load") if self.has("load") else None
+        self._memory_in = self.socket("memory") if self.has("memory") else None
         self._resume_current_model()
         poller = zmq.Poller()
         poller.register(inp, zmq.POLLIN)
-        if ctrl is not None:
-            poller.register(ctrl, zmq.POLLIN)
+        for sock in (ctrl, self._memory_in):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
         log.info("%s: serving %s on %s", self.name, ", ".join(self.modalities), self.device)
         try:
             while True:
                 batch = self._next_batch(poller, inp, ctrl)
-                for req, seconds in self.heads.apply_pending():
-                    m.SWAP_SECONDS.labels(self.name, "").observe(seconds)
-                    m.MODEL_VERSION.labels(self.name, "").set(self.heads.version(req.modality))
+                self._apply_swaps()
+                if self.router is not None:
+                    self.router.refresh()
                 if batch:
                     t0 = time.monotonic()
                     self._process(batch, preds, samples)
@@ -111,6 +121,8 @@ class InferStage(Stage):
                     break
         finally:
             self.heads.close()
+            if self.memory is not None:
+                self.memory.save_all()  # also when orphaned: local and atomic
         for stream in sorted(self.ends.streams):
             eos = Message("eos", stream=stream)
             self.send(preds, eos, timeout_ms=30_000)
@@ -126,6 +138,8 @@ class InferStage(Stage):
 
     def _pull(self, poller: zmq.Poller, inp: zmq.Socket, ctrl: zmq.Socket | None, timeout_ms: float) -> None:
         events = dict(poller.poll(max(0, int(timeout_ms))))
+        if self._memory_in is not None and self._memory_in in events:
+            self._take_labels(self._memory_in)
         if ctrl is not None and ctrl in events:
             while ctrl.poll(0, zmq.POLLIN):
                 msg = self.recv_ready(ctrl)
@@ -177,15 +191,61 @@ class InferStage(Stage):
             m.QUEUE_DEPTH.labels(self.name, stream).set(depth.get(stream, 0))
         return batch
 
+    # ------------------------------------------------------------------ memory
+    def _take_labels(self, sock: zmq.Socket) -> None:
+        """Write every accepted label that arrived into the episodic memory: the next batch uses it."""
+        for _ in range(1024):
+            if not sock.poll(0, zmq.POLLIN):
+                return
+            msg = self.recv_ready(sock)
+            if msg is None:
+                continue
+            try:
+                view = check_sample(msg, need_label=True)
+            except BadSample as exc:
+                m.DROPPED.labels(self.name, msg.stream, exc.reason).inc()
+                continue
+            if view.modality not in self.modalities or view.embedding.size != self.modalities[view.modality].dim:
+                m.DROPPED.labels(self.name, msg.stream, "bad_sample").inc()
+                continue
+            if self.memory is not None:
+                try:
+                    self.memory.write(view.modality, view.embedding, view.label, self.heads.serving(view.modality),
+                                      msg.stream, msg.ts)
+                except ValueError as exc:
+                    m.DROPPED.labels(self.name, msg.stream, "bad_sample").inc()
+                    log.warning("%s: a label the memory refused: %s", self.name, exc)
+            if self.router is not None:
+                self.router.on_label(view.modality, view.embedding, view.label)
+
+    def _apply_swaps(self) -> None:
+        for req, seconds in self.heads.apply_pending():
+            m.SWAP_SECONDS.labels(self.name, "").observe(seconds)
+            m.MODEL_VERSION.labels(self.name, "").set(self.heads.version(req.modality))
+            served = self.heads.serving(req.modality)
+            key = (req.modality, req.version)
+            if key in self._consolidated and self.memory is not None and served is not None \
+                    and req.role == "specialized" and served.meta.version == req.version:
+                self._consolidated.discard(key)  # prune only once the consolidated head serves
+                self.memory.prune(req.modality, served)
+        for modality in self.modalities:
+            nbytes = self.heads.device_bytes(modality)
+            if self.memory is not None:
+                nbytes += self.memory.memories[modality].device_bytes()
+            m.DEVICE_MEMORY_BYTES.labels(self.name, modality).set(nbytes)
+
     # ------------------------------------------------------------------ control
     def _control(self, msg: Message) -> None:
-        """Handle ``model_ready`` (see remembrall/learning/PROTOCOL.md §3) and ``rollback``."""
+        """Handle ``model_ready`` (see remembrall/learning/PROTOCOL.md §3), ``rollback`` and ``forget``."""
         if msg.kind == "model_ready":
             self._announce(msg.fields)
         elif msg.kind == "rollback":
             modality = msg.get("modality", "vision")
             if modality in self.modalities and self.heads.rollback(modality):
                 m.MODEL_VERSION.labels(self.name, "").set(self.heads.version(modality))
+        elif msg.kind == "forget" and isinstance(msg.get("forget_stream"), str):
+            n = self.memory.forget(msg.get("forget_stream")) if self.memory is not None else 0
+            log.info("%s: forgot %d memories of stream %s", self.name, n, msg.get("forget_stream"))
 
     def _announce(self, fields: dict[str, Any]) -> None:
         """Queue the specialized (and Reptile-updated base) head an announcement names."""
@@ -205,6 +265,8 @@ class InferStage(Stage):
             if key in self._announced:
                 continue  # retrain re-publishes the current model periodically
             self._announced.add(key)
+            if role == "specialized" and fields.get("consolidated") and modality != "auto":
+                self._consolidated.add((modality, version))
             if not Path(path).is_absolute() and self.spec.run_dir:
                 path = str(Path(self.spec.run_dir) / path)
             self.heads.request_swap(SwapRequest(modality, role, path, version))
@@ -231,8 +293,13 @@ class InferStage(Stage):
         self._sent_status = now
         busy = self._busy_s / max(1e-6, now - self._busy_since)
         self._busy_s, self._busy_since = 0.0, now
-        msg = Message("control", stream="", fields={"event": "infer_load", "backlog": len(self.queue),
-                                                    "busy": round(min(1.0, busy), 4)})
+        fields: dict[str, Any] = {"event": "infer_load", "backlog": len(self.queue), "busy": round(min(1.0, busy), 4),
+                                  "serving": {k: self.heads.version(k) for k in self.modalities}}
+        if self.memory is not None:
+            fields["memory"] = self.memory.fill()
+        if self.router is not None:
+            fields["recalls"] = [[k, v] for k, v in self.router.take_recalls()]
+        msg = Message("control", stream="", fields=fields)
         self.send(sock, msg, block=False)
 
     # ------------------------------------------------------------------ work
@@ -247,26 +314,31 @@ class InferStage(Stage):
             msgs = [msg for msg, _ in group]
             emb = mod.embed([item for _, item in group])
             served = self.heads.serving(modality)
-            probs = None
+            emb_np = emb.cpu().numpy().astype(np.float32)
+            head_np = None
+            classes: list[str] = []
             if served is not None:
                 with torch.no_grad():
-                    probs = torch.softmax(served.head(emb).float(), dim=1)
-                ent = entropy(probs).cpu().numpy()
-                k = min(self.topk, probs.shape[1])
-                top_p, top_i = probs.topk(k, dim=1)
-                top_p, top_i = top_p.cpu().numpy(), top_i.cpu().numpy()
-                probs_np = probs.cpu().numpy().astype(np.float32)
-            emb_np = emb.cpu().numpy().astype(np.float32)
+                    head_np = torch.softmax(served.head(emb).float(), dim=1).cpu().numpy().astype(np.float32)
+                classes = served.meta.classes
+            probs_np, classes = (self.memory.blend(modality, emb_np, head_np, classes) if self.memory is not None
+                                 else (head_np, classes))
+            if probs_np is not None:
+                ent = entropy(torch.from_numpy(probs_np)).numpy()
+                k = min(self.topk, probs_np.shape[1])
+                top_i = np.argsort(-probs_np, axis=1, kind="stable")[:, :k]
+                top_p = np.take_along_axis(probs_np, top_i, axis=1)
+            if self.router is not None:
+                self.router.on_batch(modality, emb_np)
             per_item = (time.perf_counter() - t0) / len(msgs)
             for i, msg in enumerate(msgs):
                 item_id = msg.get("id") or f"{msg.stream}:{msg.seq}"
                 fields: dict[str, Any] = {"id": item_id, "model_version": -1, "modality": modality}
-                if probs is not None:
-                    classes = served.meta.classes
+                if probs_np is not None:
                     fields["top"] = [[classes[j], round(float(p), 5)] for p, j in zip(top_p[i], top_i[i], strict=True)]
                     fields["pred"] = classes[int(top_i[i][0])]
                     fields["entropy"] = round(float(ent[i]), 5)
-                    fields["model_version"] = served.meta.version
+                    fields["model_version"] = served.meta.version if served is not None else 0
                 else:
                     fields.update(top=[], pred=None, entropy=None)
                 label = msg.get("label")
@@ -279,9 +351,9 @@ class InferStage(Stage):
                     sample_fields = dict(fields)
                     sample_fields.pop("top", None)
                     extra_arrays, extra_fields = mod.sample(group[i][1], with_pixels=self._sample_images)
-                    arrays = [emb_np[i], probs_np[i] if probs is not None else np.zeros(0, np.float32), *extra_arrays]
+                    arrays = [emb_np[i], head_np[i] if head_np is not None else np.zeros(0, np.float32), *extra_arrays]
                     sample_fields.update(extra_fields)
-                    if probs is not None:
+                    if served is not None:
                         sample_fields["classes_version"] = served.meta.version
                     sample = Message("sample", stream=msg.stream, seq=msg.seq, pts=msg.pts, ts=msg.ts,
                                      fields=sample_fields, arrays=arrays)

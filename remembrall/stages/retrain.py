@@ -27,16 +27,19 @@ import torch
 import zmq
 
 from remembrall.learning.arbiter import ComputeArbiter
+from remembrall.learning.episodic import EpisodicMemory, MemoryFileError
 from remembrall.learning.replay import ReplayError, ReplayMemory
 from remembrall.learning.reptile import BaseUpdater
 from remembrall.learning.trainer import SceneMonitor, TrainingRun, TrainSettings
 from remembrall.learning.training_set import RecentLabels, TrainingSet, training_set
-from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta
+from remembrall.learning.zoo import SpecialistZoo, ZooError
+from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head
 from remembrall.models.modality import base_head
 from remembrall.models.registry import ModelRegistry
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
+from remembrall.pipeline.rundir import modality_path
 from remembrall.pipeline.runtime import Stage
 from remembrall.pipeline.stream_ends import StreamEnds
 from remembrall.stages.buffer import buffer_path
@@ -67,6 +70,17 @@ class ModalityState:
     run: TrainingRun | None = None
     run_seen: int = 0
     run_started: float = 0.0
+    #: the serving head's file when it is not the registry's (a specialist recalled from the zoo)
+    serving_path: str | None = None
+    zoo: SpecialistZoo | None = None
+    streams: set[str] = field(default_factory=set)  # streams whose labels the training data holds
+    run_scene: np.ndarray | None = None  # the newest labelled embeddings when the run started
+    run_streams: list[str] = field(default_factory=list)
+    run_consolidates: bool = False
+    memory_fill: tuple[int, int] = (0, 0)  # infer's episodic memory: items, capacity
+    last_label_at: float = field(default_factory=time.monotonic)
+    sleep_requested: bool = False
+    slept_at_labels: int = -1  # labels_total when the last consolidation started
 
 
 class RetrainStage(Stage):
@@ -132,15 +146,40 @@ class RetrainStage(Stage):
                 log.error("%s: %s (buffer will rebuild or fail it)", self.name, exc)
         if st.serving is not None:
             log.info("%s: resuming %s head v%d", self.name, modality, st.serving_meta.version)
+        if self.cfg.zoo.enabled:
+            st.zoo = self._zoo(modality)
         return st
+
+    def _zoo(self, modality: str) -> SpecialistZoo | None:
+        """The zoo of ``modality``; its embedding size comes from a head or the buffer, None until known."""
+        z = self.cfg.zoo
+        root = Path(z.path) if Path(z.path).is_absolute() else self.run_dir / z.path
+        st = self.states[modality]
+        head = st.serving or st.base
+        if head is None:
+            return None  # opened with the first trained head
+        return SpecialistZoo(root, modality, head.in_dim, z.prototypes, z.capacity)
+
+    def _memory_items(self, st: ModalityState, dim: int) -> tuple[np.ndarray, list[str]]:
+        """What infer's episodic memory holds (its last atomic save), for a consolidation run."""
+        path = modality_path(self.cfg.memory.path, self.run_dir, st.modality)
+        if not path.exists():
+            return np.zeros((0, dim), np.float32), []
+        try:
+            mem = EpisodicMemory(dim, capacity=self.cfg.memory.capacity).load(path)
+        except MemoryFileError as exc:
+            log.error("%s: not consolidating from the memory: %s", self.name, exc)
+            return np.zeros((0, dim), np.float32), []
+        return mem.stored(raw=True)
 
     # ------------------------------------------------------------------ announcements
     def _announcement(self, st: ModalityState, rollback: bool = False) -> Message | None:
         if st.serving is None or st.serving_meta is None:
             return None
         version = st.serving_meta.version
+        path = st.serving_path or str(st.registry.path(version).resolve())
         fields: dict[str, Any] = {
-            "version": version, "path": str(st.registry.path(version).resolve()),
+            "version": version, "path": path,
             "classes": list(st.serving_meta.classes), "val_accuracy": st.serving_meta.val_accuracy,
             "rollback": rollback, "modality": st.modality,
         }
@@ -176,15 +215,97 @@ class RetrainStage(Stage):
             return
         st = self._state(view.modality)
         st.monitor.add(view.embedding)
-        st.recent.add(view.id, view.embedding, view.label, msg.get("split", "train"))
+        st.recent.add(view.id, view.embedding, view.label, msg.get("split", "train"), msg.stream)
         st.labels_total += 1
         st.new_labels += 1
+        st.streams.add(msg.stream)
+        st.last_label_at = time.monotonic()
         m.FRAMES.labels(self.name, msg.stream).inc()
 
     def on_control(self, msg: Message) -> None:
-        if msg.kind != "rollback":
+        """``rollback``, ``sleep``, ``recall`` and ``forget`` (``remembrall ctl``)."""
+        handlers = {"rollback": self._rollback, "sleep": self._sleep_command, "recall": self._recall_command,
+                    "forget": self._forget_command}
+        handler = handlers.get(msg.kind)
+        if handler is None:
             self.drops.drop("unexpected_kind", msg.stream, f"kind {msg.kind!r} on the control input")
             return
+        handler(msg)
+
+    def _modalities(self, msg: Message) -> list[ModalityState]:
+        wanted = msg.get("modality")
+        return [st for k, st in self.states.items() if wanted in (None, "", k)]
+
+    def _sleep_command(self, msg: Message) -> None:
+        for st in self._modalities(msg):
+            st.sleep_requested = True
+            log.info("%s: consolidation of the %s memory requested", self.name, st.modality)
+
+    def _recall_command(self, msg: Message) -> None:
+        version = msg.get("version")
+        for st in self._modalities(msg):
+            if st.zoo is not None and isinstance(version, int) and st.zoo.get(version) is not None:
+                self._serve_from_zoo(st, version, announce=True)
+                return
+        log.warning("%s: recall asked for v%s, which no zoo holds", self.name, version)
+
+    def _forget_command(self, msg: Message) -> None:
+        """Privacy: drop a stream's labels everywhere and the specialists trained only on it."""
+        stream = msg.get("forget_stream")
+        if not isinstance(stream, str) or not stream:
+            return
+        for st in self.states.values():
+            if st.run is not None:
+                st.run.stop("forget")
+                st.run = None  # it was training on that stream's labels
+            st.recent.forget_stream(stream)
+            st.streams.discard(stream)
+            removed = st.zoo.remove(st.zoo.trained_only_on(stream)) if st.zoo is not None else []
+            if st.serving_meta is not None and st.serving_meta.extra.get("streams") == [stream]:
+                removed.append(st.serving_meta.version)
+                st.serving, st.serving_meta, st.serving_path = None, None, None
+                st.registry.write_current(None)
+            for version, path in st.registry.versions().items():
+                try:
+                    streams = load_head(path)[1].extra.get("streams")
+                except CheckpointError:
+                    continue
+                if streams == [stream]:
+                    path.unlink(missing_ok=True)
+                    removed.append(version)
+            st.registry.history = [v for v in st.registry.history if st.registry.path(v).exists()]
+            log.warning("%s: forgot stream %s: %s specialists removed %s", self.name, stream, st.modality,
+                        sorted(set(removed)))
+            if st.serving is None:
+                self._publish(Message("rollback", stream="", fields={"modality": st.modality, "version": 0,
+                                                                     "to_version": 0}))
+        # infer (memory) and buffer (replay) hear it on the announcement channel
+        self._publish(Message("forget", stream="", fields={"forget_stream": stream}))
+
+    def _serve_from_zoo(self, st: ModalityState, version: int, announce: bool) -> None:
+        """Serve a zoo specialist (infer recalled it, or ``ctl recall``): training continues from it."""
+        if st.zoo is None or (st.serving_meta is not None and st.serving_meta.version == version):
+            return
+        try:
+            head, meta = st.zoo.open_head(version)
+        except ZooError as exc:
+            log.error("%s: cannot recall v%d: %s", self.name, version, exc)
+            return
+        if st.run is not None:
+            st.run.stop("recalled")
+            st.run = None  # its baseline was the head being replaced
+        entry = st.zoo.get(version)
+        st.serving, st.serving_meta = head, meta
+        st.serving_path = str((st.zoo.dir / entry.file).resolve()) if entry else None
+        st.zoo.note_recall(version)
+        announcement = self._announcement(st)
+        st.registry.write_current(announcement.fields if announcement else None)
+        if announce and announcement is not None:
+            self._publish(announcement)
+        log.info("%s: %s specialist v%d recalled from the zoo; retraining continues from it", self.name,
+                 st.modality, version)
+
+    def _rollback(self, msg: Message) -> None:
         modality = msg.get("modality", "vision")
         st = self.states.get(modality)
         if st is None or not st.registry.history:
@@ -196,6 +317,7 @@ class RetrainStage(Stage):
         target = msg.get("to_version")
         current, serving = st.registry.rollback(target if isinstance(target, int) else None)
         st.serving, st.serving_meta = serving if serving is not None else (None, None)
+        st.serving_path = None
         announce = self._announcement(st, rollback=True)
         st.registry.write_current(announce.fields if announce else None)
         to = st.serving_meta.version if st.serving_meta else 0
@@ -207,9 +329,27 @@ class RetrainStage(Stage):
         self._publish(Message("rollback", stream="", fields=fields))
 
     # ------------------------------------------------------------------ training
+    def _should_sleep(self, st: ModalityState) -> bool:
+        """Consolidate the episodic memory: on command, when it is full enough, or on a quiet stream."""
+        c = self.cfg.memory
+        if not c.enabled:
+            return False
+        if st.sleep_requested:
+            return True
+        items, capacity = st.memory_fill
+        if items < c.sleep_min_items or st.slept_at_labels == st.labels_total:
+            return False  # nothing new since the last consolidation
+        if capacity and items >= c.sleep_fill * capacity:
+            return True
+        return c.sleep_quiet_s > 0 and time.monotonic() - st.last_label_at >= c.sleep_quiet_s
+
     def _should_start(self, st: ModalityState, draining: bool) -> bool:
         r = self.rcfg
-        if st.run is not None or time.monotonic() < st.retry_at or st.labels_total < r.min_labels:
+        if st.run is not None or time.monotonic() < st.retry_at:
+            return False
+        if not draining and self._should_sleep(st) and st.labels_total >= 1:
+            return True
+        if st.labels_total < r.min_labels:
             return False
         if st.resume or st.new_labels >= r.every_labels:
             return True
@@ -233,8 +373,19 @@ class RetrainStage(Stage):
         data = self._training_set(st)
         if data is None:
             st.retry_at = time.monotonic() + 2.0
+            st.sleep_requested = False
             return
         xs, ys, xv, yv, seen = data.xs, data.ys, data.xv, data.yv, data.seen
+        consolidate = self._should_sleep(st)
+        if consolidate and len(ys):
+            # sleep: the memory (what surprised the served model) joins the replay, so the head
+            # learns what the memory had to correct; infer prunes it once this head serves
+            mx, my = self._memory_items(st, xs.shape[1])
+            if len(my):
+                xs, ys = np.concatenate([xs, mx]), list(ys) + list(my)
+            st.sleep_requested, st.slept_at_labels = False, st.labels_total
+            log.info("%s: consolidating %d %s memories into the head (with %d replay samples)", self.name,
+                     len(my), st.modality, len(ys) - len(my))
         if not ys or len(yv) < self.rcfg.min_holdout:
             log.info("%s: %d training and %d held-out %s samples: waiting for more before retraining",
                      self.name, len(ys), len(yv), st.modality)
@@ -250,6 +401,9 @@ class RetrainStage(Stage):
         st.run = TrainingRun(start, xs, ys, xv, yv, self.settings, drift=lambda: st.monitor.drift_from(ref),
                              device=self.device)
         st.run_seen, st.run_started = seen, time.monotonic()
+        st.run_consolidates = consolidate
+        st.run_scene = np.stack(st.monitor.recent) if len(st.monitor) else None
+        st.run_streams = sorted(st.streams)
         st.scene_at_last_run = ref
         st.new_labels, st.resume = 0, False
         m.RETRAIN_RUNS.labels(self.name, "").inc()
@@ -285,6 +439,8 @@ class RetrainStage(Stage):
         last = res.history[-1]["val_accuracy"] if res.history else float("nan")
         summary = (f"{res.steps} steps, stop: {res.stop_reason}, held-out accuracy: best {res.val_accuracy:.3f}, "
                    f"last {last:.3f}, serving {res.baseline_accuracy:.3f}; {res.compute_seconds:.2f} s compute")
+        if st.run_consolidates:
+            m.CONSOLIDATIONS.labels(self.name, st.modality, "accepted" if res.accepted else "rejected").inc()
         if not res.accepted:
             self.rejected_runs += 1
             log.warning("%s: %s run rejected (%s); the serving head stays", self.name, st.modality, summary)
@@ -293,7 +449,8 @@ class RetrainStage(Stage):
         meta = HeadMeta(classes=res.classes, in_dim=res.head.in_dim, parent_version=parent,
                         kind="specialized", val_accuracy=res.val_accuracy, created=time.time(),
                         extra={"stop_reason": res.stop_reason, "steps": res.steps, "modality": st.modality,
-                               "baseline_accuracy": res.baseline_accuracy, "trained_seen": st.run_seen})
+                               "baseline_accuracy": res.baseline_accuracy, "trained_seen": st.run_seen,
+                               "streams": st.run_streams, "consolidated": st.run_consolidates})
         try:
             head, meta = st.registry.publish(res.head, meta)  # read back as infer will load it
         except CheckpointError as exc:
@@ -301,17 +458,47 @@ class RetrainStage(Stage):
             self.rejected_runs += 1
             return
         version = meta.version
-        st.serving, st.serving_meta = head, meta
+        st.serving, st.serving_meta, st.serving_path = head, meta, None
         if self.rcfg.reptile:
             self._update_base(st, head, version)
+        self._add_to_zoo(st, head, meta)
         announce = self._announcement(st)
         assert announce is not None
+        if st.run_consolidates:
+            announce.fields["consolidated"] = True  # infer prunes its memory once this head serves
         st.registry.write_current(announce.fields)
         self._publish(announce)
         self._last_publish = time.monotonic()
         m.MODEL_VERSION.labels(self.name, "").set(version)
         log.info("%s: %s head v%d accepted and announced (%s)", self.name, st.modality, version, summary)
         st.registry.prune()
+
+    def _add_to_zoo(self, st: ModalityState, head: ClassifierHead, meta: HeadMeta) -> None:
+        if not self.cfg.zoo.enabled or st.run_scene is None:
+            return
+        if st.zoo is None:
+            st.zoo = self._zoo(st.modality)
+        if st.zoo is None:
+            return
+        try:
+            st.zoo.add(head, meta, st.run_scene, st.run_streams, labels_seen=st.run_seen)
+        except (OSError, ZooError) as exc:
+            log.error("%s: specialist v%d not kept in the zoo: %s", self.name, meta.version, exc)
+            return
+        m.ZOO_SIZE.labels(self.name, st.modality).set(len(st.zoo))
+
+    def on_infer_load(self, fields: dict[str, Any]) -> None:
+        """Infer's load report: backlog for the arbiter, memory fill for sleep, zoo recalls to follow."""
+        if isinstance(fields.get("backlog"), int):
+            self.arbiter.report_load(fields["backlog"])
+        memory = fields.get("memory")
+        if isinstance(memory, dict):
+            for modality, fill in memory.items():
+                if modality in self.states and isinstance(fill, list) and len(fill) == 2:
+                    self.states[modality].memory_fill = (int(fill[0]), int(fill[1]))
+        for item in fields.get("recalls") or []:
+            if isinstance(item, list) and len(item) == 2 and item[0] in self.states and isinstance(item[1], int):
+                self._serve_from_zoo(self.states[item[0]], item[1], announce=False)
 
     def _update_base(self, st: ModalityState, spec: ClassifierHead, version: int) -> None:
         try:
@@ -362,8 +549,8 @@ class RetrainStage(Stage):
                     if msg is None:
                         continue
                     if sock is load:
-                        if msg.get("event") == "infer_load" and isinstance(msg.get("backlog"), int):
-                            self.arbiter.report_load(msg.get("backlog"))
+                        if msg.get("event") == "infer_load":
+                            self.on_infer_load(msg.fields)
                     elif sock is ctrl:
                         self.on_control(msg)
                     else:

@@ -1,0 +1,237 @@
+"""The specialist zoo: every accepted head kept on disk with a key that describes its scene.
+
+A head retrained on one scene forgets the last; when that scene returns (night after day, a PTZ
+camera panning back, a topic that recurs) the zoo recalls the specialist that had learned it with
+one lookup instead of retraining (RECL's model zoo; Engram/TokMem-style addressable units). A
+specialist's *key* is a few prototype embeddings (k-means centroids) of what it was trained on; a
+scene is matched by the mean, over its recent embeddings, of the best cosine similarity to a
+key's prototypes — one matrix product over every key, so a lookup stays cheap for thousands.
+
+Only the index (keys and metadata) is in memory; heads stay on disk until recalled (the infer
+stage keeps ``zoo.resident`` of them on its device). The index and each head are written
+atomically; one writer (the retrain stage) owns a zoo folder, readers reload it when it changes.
+
+>>> import tempfile, torch
+>>> from remembrall.models.heads import ClassifierHead, HeadMeta
+>>> zoo = SpecialistZoo(tempfile.mkdtemp(), "vision", dim=2)
+>>> day, night = np.array([[1.0, 0.0]] * 4), np.array([[0.0, 1.0]] * 4)
+>>> for v, scene in ((1, day), (2, night)):
+...     _ = zoo.add(ClassifierHead(2, ["a", "b"]), HeadMeta(["a", "b"], 2, version=v), scene, ["cam0"])
+>>> zoo.match(night)[0][0], len(zoo)
+(2, 2)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from remembrall.atomic import atomic_write_bytes
+from remembrall.learning.archive import move_aside, pack, unpack
+from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head, save_head
+
+log = logging.getLogger(__name__)
+
+FORMAT = "remembrall.zoo"
+FORMAT_VERSION = 1
+
+
+class ZooError(ValueError):
+    """A zoo index or entry that cannot be used (corrupt, wrong classes or embedding size)."""
+
+
+@dataclass
+class Specialist:
+    """One zoo entry: where its head is, what it knows, how it did, how often it came back."""
+
+    version: int
+    file: str  # relative to the zoo folder
+    classes: list[str]
+    val_accuracy: float | None = None
+    created: float = 0.0
+    recalls: int = 0
+    streams: list[str] = field(default_factory=list)
+    labels_seen: int = 0
+
+
+def scene_key(embeddings: np.ndarray, prototypes: int, seed: int = 0) -> np.ndarray:
+    """``prototypes`` L2-normalised k-means centroids of ``embeddings`` (fewer when fewer items)."""
+    x = np.asarray(embeddings, np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    k = max(1, min(prototypes, len(x)))
+    if k == len(x):
+        centres = x
+    else:
+        km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, min_points_per_centroid=1)
+        km.train(np.ascontiguousarray(x))
+        centres = km.centroids
+    centres = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    out = np.zeros((prototypes, x.shape[1]), np.float32)
+    out[:len(centres)] = centres
+    return out
+
+
+class SpecialistZoo:
+    """Specialists of one modality in ``root/<modality>/``: ``index.npz`` and ``spec-v{N}.pt``."""
+
+    def __init__(self, root: str | os.PathLike[str], modality: str, dim: int, prototypes: int = 8,
+                 capacity: int = 5000) -> None:
+        self.dir = Path(root) / modality
+        self.modality, self.dim, self.prototypes, self.capacity = modality, dim, prototypes, capacity
+        self.entries: list[Specialist] = []
+        self.keys = np.zeros((0, prototypes, dim), np.float32)
+        self.refused = 0
+        self._mtime: float | None = None
+        self.reload()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def index_path(self) -> Path:
+        return self.dir / "index.npz"
+
+    def versions(self) -> list[int]:
+        return [e.version for e in self.entries]
+
+    def get(self, version: int) -> Specialist | None:
+        return next((e for e in self.entries if e.version == version), None)
+
+    def key_of(self, version: int) -> np.ndarray | None:
+        for i, e in enumerate(self.entries):
+            if e.version == version:
+                return self.keys[i]
+        return None
+
+    # ------------------------------------------------------------------ reading
+    def reload(self, force: bool = False) -> bool:
+        """Re-read the index when it changed on disk; a corrupt index is moved aside (logged)."""
+        try:
+            mtime = self.index_path.stat().st_mtime_ns
+        except OSError:
+            return False
+        if not force and mtime == self._mtime:
+            return False
+        try:
+            self._read(self.index_path.read_bytes())
+        except (ZooError, OSError) as exc:
+            move_aside(self.index_path, exc, "an empty zoo index (the specialists' files are kept)")
+            self.entries, self.keys = [], np.zeros((0, self.prototypes, self.dim), np.float32)
+            self._mtime = None
+            return True
+        self._mtime = mtime
+        return True
+
+    def _read(self, data: bytes) -> None:
+        where = str(self.index_path)
+        meta, arrays = unpack(data, FORMAT, FORMAT_VERSION, ZooError, where)
+        try:
+            entries = [Specialist(**e) for e in meta["entries"]]
+            keys = arrays["keys"]
+        except (KeyError, TypeError) as exc:
+            raise ZooError(f"{where}: zoo index is inconsistent ({exc})") from None
+        if keys.ndim != 3 or keys.shape[0] != len(entries) or keys.dtype != np.float32:
+            raise ZooError(f"{where}: zoo keys do not match its entries")
+        if len(entries) and (keys.shape[2] != self.dim or not np.all(np.isfinite(keys))):
+            raise ZooError(f"{where}: zoo keys are {keys.shape[2]}-d, this encoder gives {self.dim}-d")
+        if keys.shape[1] != self.prototypes:  # zoo.prototypes changed: pad or cut
+            fixed = np.zeros((len(entries), self.prototypes, self.dim), np.float32)
+            n = min(self.prototypes, keys.shape[1])
+            fixed[:, :n] = keys[:, :n]
+            keys = fixed
+        self.entries, self.keys = entries, keys
+
+    def open_head(self, version: int, classes: list[str] | None = None) -> tuple[ClassifierHead, HeadMeta]:
+        """Load a specialist's head; a missing/corrupt file or a class/size mismatch is a ZooError
+        (and is counted in :attr:`refused`)."""
+        entry = self.get(version)
+        if entry is None:
+            raise ZooError(f"no specialist v{version} in the {self.modality} zoo ({self.dir})")
+        try:
+            head, meta = load_head(self.dir / entry.file)
+        except CheckpointError as exc:
+            self.refused += 1
+            raise ZooError(str(exc)) from None
+        if head.in_dim != self.dim or (classes is not None and set(head.classes) - set(classes)):
+            self.refused += 1
+            raise ZooError(f"{self.dir / entry.file}: classes or embedding size do not match this pipeline")
+        return head, meta
+
+    # ------------------------------------------------------------------ lookup
+    def scores(self, recent: np.ndarray) -> np.ndarray:
+        """How well each specialist's key matches ``recent`` embeddings (mean best cosine)."""
+        if not self.entries or len(recent) == 0:
+            return np.zeros(len(self.entries), np.float32)
+        q = np.asarray(recent, np.float32)
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        flat = self.keys.reshape(-1, self.dim)  # (n·p) × d; all-zero padding rows score 0
+        sims = (q @ flat.T).reshape(len(q), len(self.entries), self.prototypes)
+        return sims.max(axis=2).mean(axis=0)
+
+    def match(self, recent: np.ndarray) -> list[tuple[int, float]]:
+        """(version, score) of every specialist, best match first."""
+        s = self.scores(recent)
+        order = np.argsort(-s, kind="stable")
+        return [(self.entries[i].version, float(s[i])) for i in order]
+
+    # ------------------------------------------------------------------ writing (one writer)
+    def add(self, head: ClassifierHead, meta: HeadMeta, scene: np.ndarray, streams: list[str],
+            labels_seen: int = 0) -> Specialist:
+        """Store an accepted head with the key of ``scene`` (its recent training embeddings)."""
+        if head.in_dim != self.dim:
+            raise ZooError(f"a {head.in_dim}-d head does not fit a {self.dim}-d zoo")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        file = f"spec-v{meta.version}.pt"
+        save_head(self.dir / file, head, meta)
+        entry = Specialist(meta.version, file, list(head.classes), meta.val_accuracy, meta.created or time.time(),
+                           0, sorted(set(streams)), labels_seen)
+        key = scene_key(scene, self.prototypes)[None]
+        old = [i for i, e in enumerate(self.entries) if e.version == meta.version]
+        if old:
+            self.entries.pop(old[0])
+            self.keys = np.delete(self.keys, old[0], axis=0)
+        self.entries.append(entry)
+        self.keys = np.concatenate([self.keys, key]) if len(self.keys) else key
+        self._evict()
+        self.save()
+        return entry
+
+    def note_recall(self, version: int) -> None:
+        entry = self.get(version)
+        if entry is not None:
+            entry.recalls += 1
+            self.save()
+
+    def remove(self, versions: list[int]) -> list[int]:
+        """Drop specialists (index entry and head file); returns the versions removed."""
+        drop = [i for i, e in enumerate(self.entries) if e.version in set(versions)]
+        for i in drop:
+            (self.dir / self.entries[i].file).unlink(missing_ok=True)
+        removed = [self.entries[i].version for i in drop]
+        self.entries = [e for i, e in enumerate(self.entries) if i not in set(drop)]
+        self.keys = np.delete(self.keys, drop, axis=0) if drop else self.keys
+        if removed:
+            self.save()
+        return removed
+
+    def trained_only_on(self, stream: str) -> list[int]:
+        return [e.version for e in self.entries if e.streams == [stream]]
+
+    def _evict(self) -> None:
+        """Past ``capacity``: drop the least recalled, oldest specialists."""
+        excess = len(self.entries) - self.capacity
+        if excess > 0:
+            order = sorted(self.entries, key=lambda e: (e.recalls, e.created))[:excess]
+            self.remove([e.version for e in order])
+
+    def save(self) -> None:
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "modality": self.modality, "dim": self.dim,
+                "entries": [asdict(e) for e in self.entries]}
+        atomic_write_bytes(self.index_path, pack(meta, {"keys": self.keys.astype(np.float32)}))
+        self._mtime = self.index_path.stat().st_mtime_ns

@@ -1,0 +1,283 @@
+"""Infer's memory: the episodic memory it blends into every prediction, and zoo recall.
+
+:class:`MemoryKeeper` owns one :class:`~remembrall.learning.episodic.EpisodicMemory` per modality
+(file ``memory.path``, per modality like the buffer), writes accepted labels into it the moment
+they arrive (the next batch uses them), blends its vote into predictions, persists it atomically,
+prunes it after a consolidated head is served, and forgets a stream on command.
+
+:class:`ZooRouter` watches the recent embeddings of each modality and, when a specialist in the
+zoo matches the current scene clearly better than the one serving (and is no worse on the newest
+labels of that scene), serves it — at once when it is resident on the device, else on the batch
+after the head loader has it (at most ``zoo.resident`` stay on the device).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from remembrall.learning.episodic import EpisodicMemory, WriteResult
+from remembrall.learning.zoo import SpecialistZoo, ZooError
+from remembrall.models.serving import HeadServer, ServedHead, SwapRequest
+from remembrall.monitoring import metrics as m
+from remembrall.pipeline.rundir import modality_path
+
+log = logging.getLogger(__name__)
+
+
+def head_probs(served: ServedHead, embeddings: np.ndarray) -> np.ndarray:
+    """The served head's class probabilities for host embeddings (N×dim)."""
+    x = torch.from_numpy(np.ascontiguousarray(embeddings, np.float32)).to(next(served.head.parameters()).device)
+    with torch.no_grad():
+        return torch.softmax(served.head(x).float(), dim=1).cpu().numpy()
+
+
+class MemoryKeeper:
+    """Per-modality episodic memories of the infer stage."""
+
+    def __init__(self, cfg: Any, run_dir: str, dims: dict[str, int], device: torch.device, stage: str) -> None:
+        self.mcfg = cfg.memory
+        self.run_dir, self.stage = run_dir, stage
+        self.memories: dict[str, EpisodicMemory] = {}
+        self.dirty: dict[str, int] = {}
+        self.saved_at: dict[str, float] = {}
+        c = self.mcfg
+        for modality, dim in dims.items():
+            mem = EpisodicMemory(dim, capacity=c.capacity, k=c.k, temperature=c.temperature,
+                                 duplicate_similarity=c.duplicate_similarity, known_surprise=c.known_surprise,
+                                 calibration_window=c.calibration_window, min_calibration=c.min_calibration,
+                                 ivf_min=c.ivf_min, device=str(device))
+            mem.open(self.path(modality))
+            if len(mem):
+                log.info("%s: reloaded %d %s memories from %s", stage, len(mem), modality, self.path(modality))
+            self.memories[modality] = mem
+            self.dirty[modality], self.saved_at[modality] = 0, time.monotonic()
+            self._gauges(modality)
+
+    def path(self, modality: str) -> Path:
+        return modality_path(self.mcfg.path, self.run_dir, modality)
+
+    def _gauges(self, modality: str) -> None:
+        mem = self.memories[modality]
+        m.MEMORY_ITEMS.labels(self.stage, modality).set(len(mem))
+        m.MEMORY_BLEND.labels(self.stage, modality).set(mem.calibration.alpha)
+
+    # ------------------------------------------------------------------ labels in
+    def write(self, modality: str, embedding: np.ndarray, label: str, served: ServedHead | None,
+              stream: str, ts: float) -> WriteResult:
+        """Score the label prequentially (head and memory before it), then store it."""
+        mem = self.memories[modality]
+        probs = None
+        if served is not None:
+            p = head_probs(served, embedding[None])[0]
+            probs = {c: float(v) for c, v in zip(served.meta.classes, p, strict=True)}
+        mem.observe(embedding, label, probs)
+        result = mem.write(embedding, label, probs, stream=stream, ts=ts)
+        outcome = "duplicate" if not result.stored else ("evicted" if result.reason == "evicted_other" else "stored")
+        m.MEMORY_WRITES.labels(self.stage, modality, outcome).inc()
+        if result.stored:
+            self.dirty[modality] += 1
+        self._gauges(modality)
+        self.save(modality)
+        return result
+
+    # ------------------------------------------------------------------ predictions out
+    def blend(self, modality: str, embeddings: np.ndarray, probs: np.ndarray | None, classes: list[str]
+              ) -> tuple[np.ndarray | None, list[str]]:
+        """Predictions with the memory's vote blended in (unchanged when the memory is empty)."""
+        mem = self.memories.get(modality)
+        if mem is None or not len(mem):
+            return probs, classes
+        out, out_classes, used = mem.blend(embeddings, probs, classes)
+        m.MEMORY_QUERIES.labels(self.stage, modality).inc(len(embeddings))
+        m.MEMORY_HITS.labels(self.stage, modality).inc(int(used.sum()))
+        if probs is not None:
+            changed = int((out.argmax(1) != probs.argmax(1)).sum())
+        else:
+            changed = len(embeddings)
+        m.MEMORY_CHANGED.labels(self.stage, modality).inc(changed)
+        return out, out_classes
+
+    # ------------------------------------------------------------------ consolidation, forgetting
+    def prune(self, modality: str, served: ServedHead) -> int:
+        """After a consolidated head is served: drop what it gets right with margin."""
+        mem = self.memories.get(modality)
+        if mem is None or not len(mem):
+            return 0
+        values, _ = mem.stored(raw=True)
+        removed = mem.prune(head_probs(served, values), served.meta.classes, self.mcfg.prune_margin)
+        m.MEMORY_PRUNED.labels(self.stage, modality).inc(removed)
+        self.dirty[modality] += removed
+        self._gauges(modality)
+        self.save(modality, force=True)
+        log.info("%s: consolidated head v%d pruned %d of %d %s memories", self.stage, served.meta.version,
+                 removed, removed + len(mem), modality)
+        return removed
+
+    def forget(self, stream: str) -> int:
+        removed = 0
+        for modality, mem in self.memories.items():
+            n = mem.forget(stream)
+            if n:
+                self.dirty[modality] += n
+                self._gauges(modality)
+                self.save(modality, force=True)
+            removed += n
+        return removed
+
+    def fill(self) -> dict[str, list[int]]:
+        """``{modality: [items, capacity]}`` (infer's load report carries it to retrain)."""
+        return {k: [len(v), v.capacity] for k, v in self.memories.items()}
+
+    def save(self, modality: str, force: bool = False) -> None:
+        n = self.dirty.get(modality, 0)
+        if not n:
+            return
+        c = self.mcfg
+        if force or n >= c.persist_every or time.monotonic() - self.saved_at[modality] >= c.persist_interval_s:
+            self.memories[modality].save(self.path(modality))
+            self.dirty[modality], self.saved_at[modality] = 0, time.monotonic()
+
+    def save_all(self) -> None:
+        for modality in self.memories:
+            self.save(modality, force=True)
+
+
+class ZooRouter:
+    """Recall zoo specialists for the scene infer is seeing (``zoo.routing``: scene or batch)."""
+
+    def __init__(self, cfg: Any, run_dir: str, dims: dict[str, int], heads: HeadServer, stage: str) -> None:
+        self.zcfg = cfg.zoo
+        self.heads, self.stage = heads, stage
+        root = Path(self.zcfg.path)
+        if not root.is_absolute():
+            root = Path(run_dir or ".") / root
+        self.zoos = {k: SpecialistZoo(root, k, dim, self.zcfg.prototypes, self.zcfg.capacity) for k, dim in dims.items()}
+        self.recent: dict[str, deque[np.ndarray]] = {k: deque(maxlen=self.zcfg.recall_window) for k in dims}
+        self.labels: dict[str, deque[tuple[int, np.ndarray, str]]] = {k: deque(maxlen=256) for k in dims}
+        self.items: dict[str, int] = dict.fromkeys(dims, 0)
+        self.cooldown_until: dict[str, int] = dict.fromkeys(dims, 0)
+        self.pending: dict[str, int] = {}
+        self.recalls: list[tuple[str, int]] = []  # (modality, version): reported to retrain
+        self._prefetching: set[int] = set()
+        self._checked = 0.0
+        for k in dims:
+            self._gauges(k)
+
+    def _gauges(self, modality: str) -> None:
+        m.ZOO_SIZE.labels(self.stage, modality).set(len(self.zoos[modality]))
+        m.ZOO_RESIDENT.labels(self.stage, modality).set(len(self.heads.resident_versions(modality)))
+
+    def refresh(self) -> None:
+        """Re-read zoo indexes retrain rewrote (at most twice a second)."""
+        now = time.monotonic()
+        if now - self._checked < 0.5:
+            return
+        self._checked = now
+        for modality, zoo in self.zoos.items():
+            if zoo.reload():
+                self._gauges(modality)
+
+    def on_label(self, modality: str, embedding: np.ndarray, label: str) -> None:
+        if modality in self.labels:
+            self.labels[modality].append((self.items[modality], embedding, label))
+
+    def on_batch(self, modality: str, embeddings: np.ndarray) -> None:
+        """Route after a batch was served: its embeddings describe the scene now."""
+        if modality not in self.zoos:
+            return
+        self.items[modality] += len(embeddings)
+        self.recent[modality].extend(embeddings)
+        self._finish_pending(modality)
+        zoo = self.zoos[modality]
+        if not len(zoo):
+            return
+        if self.zcfg.routing == "batch":
+            self._route(modality, embeddings, margin=0.0)
+        elif len(self.recent[modality]) == self.recent[modality].maxlen and \
+                self.items[modality] >= self.cooldown_until[modality]:
+            self._route(modality, np.stack(self.recent[modality]), margin=self.zcfg.recall_margin)
+
+    def _route(self, modality: str, scene: np.ndarray, margin: float) -> None:
+        zoo = self.zoos[modality]
+        ranked = zoo.match(scene)
+        if not ranked:
+            return
+        best, best_score = ranked[0]
+        serving = self.heads.specialized.get(modality)
+        current = serving.meta.version if serving is not None else None
+        self._prefetch(modality, next((v for v, _ in ranked if v != current), None))
+        if best == current or best == self.pending.get(modality):
+            return
+        current_score = dict(ranked).get(current, -1.0) if current is not None else -1.0
+        if best_score < current_score + margin:
+            return
+        if not self._no_worse_on_new_labels(modality, best, serving):
+            return
+        self._recall(modality, best)
+
+    def _prefetch(self, modality: str, version: int | None) -> None:
+        """Load the best match that is not serving onto the device ahead of need (off the hot
+        path), so that when the scene does change the recall is a reference swap."""
+        zoo = self.zoos[modality]
+        if version is None or version in self.heads.resident_versions(modality) or \
+                version == self.pending.get(modality) or version in self._prefetching:
+            return
+        entry = zoo.get(version)
+        if entry is not None:
+            self._prefetching.add(version)
+            self.heads.request_swap(SwapRequest(modality, "specialized", str(zoo.dir / entry.file), version,
+                                                activate=False))
+
+    def _no_worse_on_new_labels(self, modality: str, version: int, serving: ServedHead | None) -> bool:
+        """The candidate must be at least as accurate as the serving head on the labels that
+        arrived while the current scene filled the recent window (none: the key match decides)."""
+        since = self.items[modality] - self.zcfg.recall_window
+        newest = [(e, y) for at, e, y in self.labels[modality] if at >= since][-self.zcfg.recall_labels:]
+        if not newest or serving is None or self.zcfg.recall_labels == 0:
+            return True
+        try:
+            head, meta = self.zoos[modality].open_head(version)
+        except ZooError as exc:
+            log.warning("%s: not recalling v%d: %s", self.stage, version, exc)
+            return False
+        x = np.stack([e for e, _ in newest])
+        cand = head_probs(ServedHead(head, meta), x).argmax(1)
+        cur = head_probs(serving, x).argmax(1)
+        ys = [y for _, y in newest]
+        acc_cand = np.mean([meta.classes[i] == y for i, y in zip(cand, ys, strict=True)])
+        acc_cur = np.mean([serving.meta.classes[i] == y for i, y in zip(cur, ys, strict=True)])
+        return bool(acc_cand >= acc_cur)
+
+    def _recall(self, modality: str, version: int) -> None:
+        zoo = self.zoos[modality]
+        self.cooldown_until[modality] = self.items[modality] + self.zcfg.recall_window
+        m.ZOO_RECALLS.labels(self.stage, modality).inc()
+        self.recalls.append((modality, version))
+        if self.heads.activate(modality, version):
+            log.info("%s: recalled %s specialist v%d from the zoo (resident)", self.stage, modality, version)
+            self._gauges(modality)
+            return
+        entry = zoo.get(version)
+        if entry is None:
+            return
+        self.pending[modality] = version
+        self.heads.request_swap(SwapRequest(modality, "specialized", str(zoo.dir / entry.file), version))
+        log.info("%s: recalling %s specialist v%d from the zoo (loading)", self.stage, modality, version)
+
+    def _finish_pending(self, modality: str) -> None:
+        self._prefetching -= set(self.heads.resident_versions(modality))
+        version = self.pending.get(modality)
+        if version is not None and version in self.heads.resident_versions(modality):
+            del self.pending[modality]
+            self._gauges(modality)
+
+    def take_recalls(self) -> list[tuple[str, int]]:
+        out, self.recalls = self.recalls, []
+        return out
