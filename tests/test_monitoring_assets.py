@@ -175,7 +175,12 @@ def test_dashboard_covers_the_issue() -> None:
                    "end_to_end_latency_seconds_bucket", "queue_depth", "samples_selected_total",
                    "buffer_size", "retrain_runs_total", "retrain_seconds_bucket", "gpu_share",
                    "model_version", "online_accuracy", "swap_seconds_bucket", "stage_up",
-                   "stage_restarts_total", "source_connected", "source_reconnects_total"):
+                   "stage_restarts_total", "source_connected", "source_reconnects_total",
+                   # issue 9: memory and zoo
+                   "memory_items", "memory_hits_total", "memory_changed_total", "memory_queries_total",
+                   "memory_writes_total", "memory_blend_weight", "consolidations_total", "memory_pruned_total",
+                   "zoo_specialists", "zoo_resident", "zoo_recalls_total", "zoo_recall_hits_total",
+                   "device_memory_bytes"):
         assert f"remembrall_{metric}" in text, metric
 
 

@@ -138,6 +138,50 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]
          "Prequential accuracy of served predictions (running window) on streams with labels. Needs: labels.",
          [q(f"max by (stage, stream) (remembrall_online_accuracy{{{SS}}})", "{{stream}}")], 8),
     ]),
+    ("Memory and zoo", [
+        ("Episodic memory items", "timeseries", "none",
+         "Labelled items infer's episodic memory holds, per modality; consolidation prunes what the head "
+         "learned. Needs: retrain.",
+         [q(f"max by (stage, modality) (remembrall_memory_items{{{S}}})", "{{modality}}")], 8),
+        ("Memory hits and changed predictions", "timeseries", "percentunit",
+         "Share of predictions the memory's vote took part in (hits) and share whose top class it changed. "
+         "Needs: retrain.",
+         [q(f"sum by (modality) (rate(remembrall_memory_hits_total{{{S}}}[{RI}])) / "
+            f"sum by (modality) (rate(remembrall_memory_queries_total{{{S}}}[{RI}]))", "{{modality}} hits"),
+          q(f"sum by (modality) (rate(remembrall_memory_changed_total{{{S}}}[{RI}])) / "
+            f"sum by (modality) (rate(remembrall_memory_queries_total{{{S}}}[{RI}]))", "{{modality}} changed")], 8),
+        ("Memory blend weight", "timeseries", "none",
+         "Calibrated weight of the memory's vote (0: the head alone was better on the newest labels). "
+         "Needs: retrain.",
+         [q(f"max by (modality) (remembrall_memory_blend_weight{{{S}}})", "{{modality}}")], 8),
+        ("Memory writes", "timeseries", "none",
+         "Labels offered to the memory in each 5 minutes: stored, duplicate (not stored twice), evicted. "
+         "Needs: retrain.",
+         [q(f"sum by (modality, outcome) (increase(remembrall_memory_writes_total{{{S}}}[5m]))",
+            "{{modality}} {{outcome}}")], 8),
+        ("Consolidations and pruned memories", "timeseries", "none",
+         "Sleep consolidations in each 30 minutes (accepted or rejected heads) and memories pruned after an "
+         "accepted one. Needs: retrain.",
+         [q(f"sum by (modality, outcome) (increase(remembrall_consolidations_total{{{S}}}[30m]))",
+            "{{modality}} {{outcome}}"),
+          q(f"sum by (modality) (increase(remembrall_memory_pruned_total{{{S}}}[30m]))", "{{modality}} pruned")],
+         8),
+        ("Zoo specialists and resident", "timeseries", "none",
+         "Specialists kept in the zoo (on disk) and those resident on infer's device (at most zoo.resident). "
+         "Needs: retrain.",
+         [q(f"max by (modality) (remembrall_zoo_specialists{{{S}}})", "{{modality}} in zoo"),
+          q(f"max by (modality) (remembrall_zoo_resident{{{S}}})", "{{modality}} resident")], 8),
+        ("Zoo recalls", "timeseries", "none",
+         "Specialists recalled when their scene returned, in each 30 minutes, and recalls that beat the head "
+         "they replaced on the labels that followed. Needs: retrain.",
+         [q(f"sum by (modality) (increase(remembrall_zoo_recalls_total{{{S}}}[30m]))", "{{modality}} recalls"),
+          q(f"sum by (modality) (increase(remembrall_zoo_recall_hits_total{{{S}}}[30m]))", "{{modality}} hits")],
+         12),
+        ("Device memory", "timeseries", "bytes",
+         "Bytes infer holds on its device for heads, resident specialists and the memory matrix: flat however "
+         "large the zoo grows. Needs: retrain.",
+         [q(f"max by (modality) (remembrall_device_memory_bytes{{{S}}})", "{{modality}}")], 12),
+    ]),
     ("Health", [
         ("Stage up", "state-timeline", "none",
          "1 while a stage process runs (set by the supervisor).",

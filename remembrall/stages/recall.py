@@ -59,6 +59,11 @@ class MemoryKeeper:
             self.memories[modality] = mem
             self.dirty[modality], self.saved_at[modality] = 0, time.monotonic()
             self._gauges(modality)
+            # exported at zero from the start: rate() and increase() see the first event too
+            for counter in (m.MEMORY_QUERIES, m.MEMORY_HITS, m.MEMORY_CHANGED, m.MEMORY_PRUNED):
+                counter.labels(stage, modality)
+            for outcome in ("stored", "duplicate", "evicted"):
+                m.MEMORY_WRITES.labels(stage, modality, outcome)
 
     def path(self, modality: str) -> Path:
         return modality_path(self.mcfg.path, self.run_dir, modality)
@@ -167,8 +172,12 @@ class ZooRouter:
         self.recalls: list[tuple[str, int]] = []  # (modality, version): reported to retrain
         self._prefetching: set[int] = set()
         self._checked = 0.0
+        #: after a recall: (the head it replaced, recalled version, its correct, replaced's correct, labels)
+        self._judging: dict[str, tuple[ServedHead, int, int, int, int]] = {}
         for k in dims:
             self._gauges(k)
+            m.ZOO_RECALLS.labels(stage, k)
+            m.ZOO_RECALL_HITS.labels(stage, k)
 
     def _gauges(self, modality: str) -> None:
         m.ZOO_SIZE.labels(self.stage, modality).set(len(self.zoos[modality]))
@@ -187,6 +196,30 @@ class ZooRouter:
     def on_label(self, modality: str, embedding: np.ndarray, label: str) -> None:
         if modality in self.labels:
             self.labels[modality].append((self.items[modality], embedding, label))
+            self._judge(modality, embedding, label)
+
+    def _judge(self, modality: str, embedding: np.ndarray, label: str) -> None:
+        """Score a recall on the labels that follow it: a hit when the recalled specialist is at
+        least as accurate on them as the head it replaced."""
+        judging = self._judging.get(modality)
+        serving = self.heads.specialized.get(modality)
+        if judging is None or serving is None:
+            return
+        replaced, version, mine, theirs, n = judging
+        if serving.meta.version != version:
+            del self._judging[modality]  # replaced again before it could be judged
+            return
+        for head, _ in ((serving, 0), (replaced, 1)):
+            pred = head.meta.classes[int(head_probs(head, embedding[None])[0].argmax())]
+            if pred == label:
+                mine, theirs = (mine + 1, theirs) if head is serving else (mine, theirs + 1)
+        n += 1
+        if n < max(1, self.zcfg.recall_labels):
+            self._judging[modality] = (replaced, version, mine, theirs, n)
+            return
+        del self._judging[modality]
+        if mine >= theirs:
+            m.ZOO_RECALL_HITS.labels(self.stage, modality).inc()
 
     def on_batch(self, modality: str, embeddings: np.ndarray) -> None:
         """Route after a batch was served: its embeddings describe the scene now."""
@@ -257,6 +290,9 @@ class ZooRouter:
 
     def _recall(self, modality: str, version: int) -> None:
         zoo = self.zoos[modality]
+        replaced = self.heads.specialized.get(modality) or self.heads.base.get(modality)
+        if replaced is not None:
+            self._judging[modality] = (replaced, version, 0, 0, 0)
         self.cooldown_until[modality] = self.items[modality] + self.zcfg.recall_window
         m.ZOO_RECALLS.labels(self.stage, modality).inc()
         self.recalls.append((modality, version))

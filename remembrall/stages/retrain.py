@@ -122,6 +122,8 @@ class RetrainStage(Stage):
         st = ModalityState(modality, self._registry(modality), updater=BaseUpdater(
             self.rcfg.reptile_eps_min, self.rcfg.reptile_eps_max, self.rcfg.reptile_ewma))
         self.states[modality] = st
+        for outcome in ("accepted", "rejected"):  # exported at zero from the start
+            m.CONSOLIDATIONS.labels(self.name, modality, outcome)
         # base: the newest Reptile-updated base, else what infer starts from
         newest = st.registry.newest_base()
         if newest is not None:
