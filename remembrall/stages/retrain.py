@@ -153,7 +153,7 @@ class RetrainStage(Stage):
         return st
 
     def _zoo(self, modality: str) -> SpecialistZoo | None:
-        """The zoo of ``modality``; its embedding size comes from a head or the buffer, None until known."""
+        """The zoo of ``modality``, sized by the serving or base head; None until there is one."""
         z = self.cfg.zoo
         root = Path(z.path) if Path(z.path).is_absolute() else self.run_dir / z.path
         st = self.states[modality]
@@ -339,10 +339,11 @@ class RetrainStage(Stage):
         if st.sleep_requested:
             return True
         items, capacity = st.memory_fill
-        if items < c.sleep_min_items or st.slept_at_labels == st.labels_total:
-            return False  # nothing new since the last consolidation
-        if capacity and items >= c.sleep_fill * capacity:
-            return True
+        new = st.labels_total - st.slept_at_labels  # labels since the last consolidation began
+        if items < c.sleep_min_items or new <= 0:
+            return False
+        if capacity and items >= c.sleep_fill * capacity and new >= self.rcfg.every_labels:
+            return True  # (a memory the head cannot absorb stays full: not a run per label)
         return c.sleep_quiet_s > 0 and time.monotonic() - st.last_label_at >= c.sleep_quiet_s
 
     def _should_start(self, st: ModalityState, draining: bool) -> bool:
@@ -383,6 +384,11 @@ class RetrainStage(Stage):
             # sleep: the memory (what surprised the served model) joins the replay, so the head
             # learns what the memory had to correct; infer prunes it once this head serves
             mx, my = self._memory_items(st, xs.shape[1])
+            if len(my) and len(yv):  # held-out labels sit in the memory too: keep them out of training
+                held = xv / np.maximum(np.linalg.norm(xv, axis=1, keepdims=True), 1e-12)
+                keys = mx / np.maximum(np.linalg.norm(mx, axis=1, keepdims=True), 1e-12)
+                keep = (keys @ held.T).max(axis=1) < 0.9999
+                mx, my = mx[keep], [y for y, k in zip(my, keep, strict=True) if k]
             if len(my):
                 xs, ys = np.concatenate([xs, mx]), list(ys) + list(my)
             st.sleep_requested, st.slept_at_labels = False, st.labels_total
