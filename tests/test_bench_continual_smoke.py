@@ -59,6 +59,8 @@ def test_continual_benchmark_smoke(tmp_path: Path) -> None:
     assert learner["retrain_runs"] >= 1 and learner["retrain_seconds"] > 0, "\n".join(learning_log[-30:])
     assert 0.0 <= static["mean_accuracy"] <= 1.0 and set(static["per_segment_accuracy"]) == {
         "clean", "inverted", "coloured background"}
+    assert learner["adaptation_window"] == 60 and 0 <= learner["adaptation_accuracy"] <= 1  # 120-frame segments
+    assert "recall_ratio" not in learner and report["stream"]["kind"] == "drifting"
     assert report["swap_frames_dropped"] == 0
     for key in ("infer_fps_idle", "infer_fps_while_retraining", "swaps", "swap_stall_ms_p99", "targets"):
         assert key in report

@@ -90,6 +90,9 @@ def test_text_benchmark_smoke(tmp_path: Path) -> None:
     assert report["base"]["classes"] == 3  # the base segment lacks tech and entertainment
     assert report["embed_docs_per_s"] > 0 and report["settings"]["max_tokens"] == 32
     assert len(report["machine"]["loadavg"]) == 3
-    assert set(report["targets"]) == {"remembrall_vs_static_points", "pipeline_vs_embed_ratio"}  # no uniform run
+    assert set(report["targets"]) == {"remembrall_vs_static_points", "remembrall_mean_accuracy",
+                                      "pipeline_vs_embed_ratio"}  # no uniform run, no recurring stream
+    assert learner["adaptation_window"] == 20 and 0 <= learner["adaptation_accuracy"] <= 1  # 40-doc segments
+    assert "recall_ratio" not in learner  # no scene returns in a drifting stream
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mean_accuracy" in proc.stdout  # the table was printed
