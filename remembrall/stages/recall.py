@@ -248,7 +248,14 @@ class ZooRouter:
         self._prefetch(modality, next((v for v, _ in ranked if v != current), None))
         if best == current or best == self.pending.get(modality):
             return
-        current_score = dict(ranked).get(current, -1.0) if current is not None else -1.0
+        scores = dict(ranked)
+        if current is not None and current not in scores:
+            if not zoo.reload(force=True) or current not in (scores := dict(ranked := zoo.match(scene))):
+                return  # a head the zoo does not know (yet): nothing to compare it with
+            best, best_score = ranked[0]
+            if best == current:
+                return
+        current_score = scores.get(current, -1.0) if current is not None else -1.0
         if best_score < current_score + margin:
             return
         if not self._no_worse_on_new_labels(modality, best, serving):
