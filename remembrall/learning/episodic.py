@@ -49,6 +49,7 @@ from remembrall.learning.archive import open_or_rebuild, pack, unpack
 FORMAT = "remembrall.episodic"
 FORMAT_VERSION = 1
 ALPHAS = tuple(round(a * 0.1, 1) for a in range(11))
+TOP_KEPT = 16  # head classes kept per calibration record
 
 
 class MemoryFileError(ValueError):
@@ -237,7 +238,10 @@ class EpisodicMemory:
     def observe(self, embedding: np.ndarray, label: str, head_probs: dict[str, float] | None) -> None:
         """Record a label's prequential scores (head and vote *before* it is stored) and recalibrate."""
         votes, s1 = self.vote(embedding)
-        vote = {c: float(p) for c, p in zip(self.classes, votes[0], strict=True)} if len(self.classes) else {}
+        vote = {c: float(p) for c, p in zip(self.classes, votes[0], strict=True) if p > 0}
+        if head_probs is not None and len(head_probs) > TOP_KEPT:  # a 1000-class head: its top classes decide
+            top = sorted(head_probs.items(), key=lambda kv: -kv[1])[:TOP_KEPT]
+            head_probs = dict(top, **({label: head_probs[label]} if label in head_probs else {}))
         self._arrivals.append((head_probs, vote, float(s1[0]), label))
         self._calibrate()
 
