@@ -182,8 +182,9 @@ class SpecialistZoo:
 
     # ------------------------------------------------------------------ writing (one writer)
     def add(self, head: ClassifierHead, meta: HeadMeta, scene: np.ndarray, streams: list[str],
-            labels_seen: int = 0) -> Specialist:
-        """Store an accepted head with the key of ``scene`` (its recent training embeddings)."""
+            labels_seen: int = 0, save: bool = True) -> Specialist:
+        """Store an accepted head with the key of ``scene`` (its recent training embeddings).
+        ``save=False`` defers the index write (bulk imports: call :meth:`save` once after)."""
         if head.in_dim != self.dim:
             raise ZooError(f"a {head.in_dim}-d head does not fit a {self.dim}-d zoo")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +200,8 @@ class SpecialistZoo:
         self.entries.append(entry)
         self.keys = np.concatenate([self.keys, key]) if len(self.keys) else key
         self._evict()
-        self.save()
+        if save:
+            self.save()
         return entry
 
     def note_recall(self, version: int) -> None:

@@ -43,6 +43,12 @@ class SwapRequest:
     activate: bool = True
 
 
+def _copy_to(head: torch.nn.Module, device: str) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(head).to(device)
+
+
 class HeadServer:
     """Base + specialized heads per modality, with off-path loading and between-batch swaps."""
 
@@ -107,7 +113,10 @@ class HeadServer:
     def _serve_specialized(self, modality: str, served: ServedHead) -> None:
         previous = self.specialized.get(modality)
         if previous is not None and previous is not served:
-            self.history[modality].append(previous)
+            # rollback history waits in host memory: the device holds the resident heads only
+            on_host = ServedHead(previous.head if self.device.type == "cpu" else _copy_to(previous.head, "cpu"),
+                                 previous.meta, previous.path)
+            self.history[modality].append(on_host)
             del self.history[modality][:-8]
         self.specialized[modality] = served
         self.resident[modality].move_to_end(served.meta.version)
@@ -140,14 +149,15 @@ class HeadServer:
     def device_bytes(self, modality: str) -> int:
         """Bytes of head parameters this server holds on its device for ``modality``."""
         heads = {id(h): h for h in (*self.resident.get(modality, {}).values(), self.base.get(modality),
-                                    self.specialized.get(modality), *self.history.get(modality, [])) if h}
+                                    self.specialized.get(modality)) if h}
         return sum(p.numel() * p.element_size() for h in heads.values() for p in h.head.parameters())
 
     def rollback(self, modality: str) -> bool:
         """Go back to the previous specialized head (or to the base if there is none)."""
         hist = self.history.get(modality) or []
         if hist:
-            self.specialized[modality] = hist.pop()
+            back = hist.pop()
+            self.specialized[modality] = ServedHead(back.head.to(self.device), back.meta, back.path)
         elif self.specialized.get(modality) is not None:
             self.specialized[modality] = None
         else:
@@ -155,8 +165,10 @@ class HeadServer:
         log.warning("rolled back %s to v%d", modality, self.version(modality))
         return True
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the loader thread and wait for it (a process exiting under a running loader can abort)."""
         self._requests.put(None)
+        self._thread.join(timeout_s)
 
     # ---------------------------------------------------------------- loader thread
     def _check_dim(self, modality: str, meta: HeadMeta) -> None:

@@ -19,6 +19,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 
@@ -44,6 +45,8 @@ class MemoryKeeper:
     def __init__(self, cfg: Any, run_dir: str, dims: dict[str, int], device: torch.device, stage: str) -> None:
         self.mcfg = cfg.memory
         self.run_dir, self.stage = run_dir, stage
+        if cfg.infer.threads > 0:  # FAISS (OpenMP) keeps to infer's share of the cores, as torch does
+            faiss.omp_set_num_threads(cfg.infer.threads)
         self.memories: dict[str, EpisodicMemory] = {}
         self.dirty: dict[str, int] = {}
         self.saved_at: dict[str, float] = {}
@@ -168,6 +171,7 @@ class ZooRouter:
         self.labels: dict[str, deque[tuple[int, np.ndarray, str]]] = {k: deque(maxlen=256) for k in dims}
         self.items: dict[str, int] = dict.fromkeys(dims, 0)
         self.cooldown_until: dict[str, int] = dict.fromkeys(dims, 0)
+        self.checked_at: dict[str, int] = dict.fromkeys(dims, -(10**9))
         self.pending: dict[str, int] = {}
         self.recalls: list[tuple[str, int]] = []  # (modality, version): reported to retrain
         self._prefetching: set[int] = set()
@@ -233,8 +237,12 @@ class ZooRouter:
             return
         if self.zcfg.routing == "batch":
             self._route(modality, embeddings, margin=0.0)
-        elif len(self.recent[modality]) == self.recent[modality].maxlen and \
+            return
+        # a scene is looked up a few times per recall window, not every batch (a lookup grows with the zoo)
+        due = self.items[modality] - self.checked_at[modality] >= max(1, self.zcfg.recall_window // 4)
+        if due and len(self.recent[modality]) == self.recent[modality].maxlen and \
                 self.items[modality] >= self.cooldown_until[modality]:
+            self.checked_at[modality] = self.items[modality]
             self._route(modality, np.stack(self.recent[modality]), margin=self.zcfg.recall_margin)
 
     def _route(self, modality: str, scene: np.ndarray, margin: float) -> None:
