@@ -293,6 +293,7 @@ class ZooRouter:
         try:
             head, meta = self.zoos[modality].open_head(version)
         except ZooError as exc:
+            m.DROPPED.labels(self.stage, "", "zoo_entry_refused").inc()
             log.warning("%s: not recalling v%d: %s", self.stage, version, exc)
             return False
         x = np.stack([e for e, _ in newest])

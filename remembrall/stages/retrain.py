@@ -291,7 +291,7 @@ class RetrainStage(Stage):
         try:
             head, meta = st.zoo.open_head(version)
         except ZooError as exc:
-            log.error("%s: cannot recall v%d: %s", self.name, version, exc)
+            self.drops.drop("zoo_entry_refused", "", f"cannot recall v{version}: {exc}")
             return
         if st.run is not None:
             st.run.stop("recalled")
