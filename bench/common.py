@@ -248,3 +248,18 @@ def print_learning_report(report: dict[str, Any], figures: Sequence[Sequence[Any
 def _recall_cell(x: Mapping[str, Any]) -> str:
     first, before = x["first100"], x["previous_end100"]
     return f"{fmt(first) if first is not None else '-'} / {fmt(before) if before is not None else '-'}"
+
+
+def recurring_schedule(order: str, scenes: Sequence[Any]) -> list[tuple[Any, int]]:
+    """``(scene, visit)`` per segment for a visit order of scene ids such as ``"ABCDABCD"``
+    (``scenes``: anything with an ``id``; both recurring streams use it)."""
+    by_id = {s.id: s for s in scenes}
+    unknown = sorted(set(order) - set(by_id))
+    if unknown or not order:
+        raise ValueError(f"recurring order {order!r}: unknown scene ids {unknown} (known: {sorted(by_id)})")
+    visits: dict[str, int] = {}
+    out = []
+    for sid in order:
+        visits[sid] = visits.get(sid, 0) + 1
+        out.append((by_id[sid], visits[sid]))
+    return out

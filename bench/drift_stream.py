@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.common import recurring_schedule as common_schedule
 from remembrall.atomic import atomic_write_bytes
 
 FASHION_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -226,17 +227,8 @@ def scene_priors(scene: Scene) -> np.ndarray:
 
 
 def recurring_schedule(order: str, scenes: tuple[Scene, ...] = RECURRING_SCENES) -> list[tuple[Scene, int]]:
-    """``(scene, visit)`` per segment for a visit order of scene ids such as ``"ABCDABCD"``."""
-    by_id = {s.id: s for s in scenes}
-    unknown = sorted(set(order) - set(by_id))
-    if unknown or not order:
-        raise ValueError(f"recurring order {order!r}: unknown scene ids {unknown} (known: {sorted(by_id)})")
-    visits: dict[str, int] = {}
-    out = []
-    for sid in order:
-        visits[sid] = visits.get(sid, 0) + 1
-        out.append((by_id[sid], visits[sid]))
-    return out
+    """``(scene, visit)`` per segment for a visit order of this stream's scene ids."""
+    return common_schedule(order, scenes)
 
 
 class ImagePool:

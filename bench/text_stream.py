@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import recurring_schedule as common_schedule
 from remembrall.atomic import atomic_write_bytes
 
 TOPICS = ["business", "entertainment", "politics", "sports", "tech"]
@@ -189,19 +190,9 @@ def style_text(text: str, style: str, rng: np.random.Generator) -> str:
     raise ValueError(f"unknown style {style!r}; known: {STYLES}")
 
 
-def recurring_schedule(order: str, scenes: tuple[TextScene, ...] = RECURRING_SCENES
-                       ) -> list[tuple[TextScene, int]]:
-    """``(scene, visit)`` per segment for a visit order of scene ids such as ``"ABCDABCD"``."""
-    by_id = {s.id: s for s in scenes}
-    unknown = sorted(set(order) - set(by_id))
-    if unknown or not order:
-        raise ValueError(f"recurring order {order!r}: unknown scene ids {unknown} (known: {sorted(by_id)})")
-    visits: dict[str, int] = {}
-    out = []
-    for sid in order:
-        visits[sid] = visits.get(sid, 0) + 1
-        out.append((by_id[sid], visits[sid]))
-    return out
+def recurring_schedule(order: str, scenes: tuple[TextScene, ...] = RECURRING_SCENES) -> list[tuple[TextScene, int]]:
+    """``(scene, visit)`` per segment for a visit order of this stream's scene ids."""
+    return common_schedule(order, scenes)
 
 
 class ArticlePool:

@@ -102,3 +102,11 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.25, what: str =
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def labelled_clip(tmp_path: Path, make_video, frames: int = 48) -> Path:
+    """A 96×96 clip whose sidecar labels its first half "early" and its second half "late"."""
+    video = make_video(tmp_path / "clip.mp4", frames=frames, size=(96, 96))
+    (tmp_path / "clip.mp4.labels.jsonl").write_text("".join(
+        json.dumps({"frame": i, "label": "early" if i < frames // 2 else "late"}) + "\n" for i in range(frames)))
+    return video

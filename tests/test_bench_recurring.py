@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from bench.common import (
     window,
 )
 from bench.continual import buffer_overrides, segment_label
+from tests.test_drift_stream import _write_idx
 
 
 def _seg(name: str, scene: str, visit: int, start: int, end: int) -> dict:
@@ -116,12 +115,6 @@ def test_plot_labels_name_scene_and_visit() -> None:
 
 
 # ------------------------------------------------------------------------------------ stream builders
-def _write_idx(path: Path, arr: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + arr.astype(np.uint8).tobytes())
-
-
 @pytest.fixture()
 def unique_fashion(tmp_path: Path) -> Path:
     """A Fashion-MNIST look-alike where every image is different: image i carries i in its pixels."""

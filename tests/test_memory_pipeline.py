@@ -11,7 +11,7 @@ import sys
 
 from remembrall.learning.episodic import EpisodicMemory
 from remembrall.learning.replay import ReplayMemory
-from tests.pipeline_helpers import FAST, REPO, Run, wait_for
+from tests.pipeline_helpers import FAST, REPO, Run, labelled_clip, wait_for
 
 
 def ctl(out, *args: str) -> subprocess.CompletedProcess:
@@ -20,9 +20,7 @@ def ctl(out, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_memory_consolidation_zoo_and_control_verbs(tmp_path, make_video) -> None:
-    video = make_video(tmp_path / "clip.mp4", frames=48, size=(96, 96))
-    (tmp_path / "clip.mp4.labels.jsonl").write_text(
-        "".join(json.dumps({"frame": i, "label": "early" if i < 24 else "late"}) + "\n" for i in range(48)))
+    video = labelled_clip(tmp_path, make_video)
     out = tmp_path / "out"
     learn = ["--source", str(video), "--set", "sources.0.loop=0", "--set", "learn=true",
              "--set", "label.labeler=oracle", "--set", "infer.head=none", "--set", "select.rate=0.5",

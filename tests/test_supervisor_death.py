@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from remembrall.learning.replay import ReplayMemory
-from tests.pipeline_helpers import FAST, Run, wait_for
+from tests.pipeline_helpers import FAST, Run, labelled_clip, wait_for
 
 #: The issue's bound; the stages' own deadline (supervisor.orphan_exit_s) is 5 s.
 GONE_WITHIN_S = 10.0
@@ -137,9 +137,7 @@ def test_killed_while_a_live_source_streams(tmp_path, rtsp_server, run_base) -> 
 
 
 def test_killed_during_a_learning_run(tmp_path, make_video, run_base) -> None:
-    video = make_video(tmp_path / "clip.mp4", frames=48, size=(96, 96))
-    (tmp_path / "clip.mp4.labels.jsonl").write_text(
-        "".join(json.dumps({"frame": i, "label": "early" if i < 24 else "late"}) + "\n" for i in range(48)))
+    video = labelled_clip(tmp_path, make_video)
     out = tmp_path / "out"
     learn = ["--source", str(video), "--set", "learn=true", "--set", "label.labeler=oracle",
              "--set", "infer.head=none", "--set", "select.rate=0.5", "--set", "buffer.holdout_every=3",

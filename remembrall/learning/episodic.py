@@ -45,6 +45,7 @@ import torch
 
 from remembrall.atomic import atomic_write_bytes
 from remembrall.learning.archive import open_or_rebuild, pack, unpack
+from remembrall.learning.vectors import unit_rows
 
 FORMAT = "remembrall.episodic"
 FORMAT_VERSION = 1
@@ -76,14 +77,6 @@ class Calibration:
     accuracy_blend: float | None = None
     accuracy_head: float | None = None
     samples: int = 0
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    if x.ndim == 1:
-        x = x[None, :]
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 class _Search:
@@ -194,7 +187,7 @@ class EpisodicMemory:
     # ------------------------------------------------------------------ search and vote
     def neighbours(self, embeddings: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, rows) of the ``k`` nearest stored items per query, best first."""
-        q = _normalise(embeddings)
+        q = unit_rows(embeddings)
         if self.n == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         return self._search.search(q, k or self.k, self.n)
@@ -285,7 +278,7 @@ class EpisodicMemory:
         """
         if not isinstance(label, str) or not label:
             raise ValueError("label must be a non-empty string")
-        x = _normalise(embedding)
+        x = unit_rows(embedding)
         norm = float(np.linalg.norm(embedding))
         if x.shape != (1, self.dim) or not np.all(np.isfinite(x)) or norm == 0:
             raise ValueError(f"embedding must be a finite {self.dim}-d vector, got shape {np.shape(embedding)}")

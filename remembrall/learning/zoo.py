@@ -34,6 +34,7 @@ import numpy as np
 
 from remembrall.atomic import atomic_write_bytes
 from remembrall.learning.archive import move_aside, pack, unpack
+from remembrall.learning.vectors import unit_rows
 from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head, save_head
 
 log = logging.getLogger(__name__)
@@ -62,16 +63,15 @@ class Specialist:
 
 def scene_key(embeddings: np.ndarray, prototypes: int, seed: int = 0) -> np.ndarray:
     """``prototypes`` L2-normalised k-means centroids of ``embeddings`` (fewer when fewer items)."""
-    x = np.asarray(embeddings, np.float32)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = unit_rows(embeddings)
     k = max(1, min(prototypes, len(x)))
     if k == len(x):
         centres = x
     else:
         km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, min_points_per_centroid=1)
-        km.train(np.ascontiguousarray(x))
+        km.train(x)
         centres = km.centroids
-    centres = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    centres = unit_rows(centres)
     out = np.zeros((prototypes, x.shape[1]), np.float32)
     out[:len(centres)] = centres
     return out
@@ -168,8 +168,7 @@ class SpecialistZoo:
         """How well each specialist's key matches ``recent`` embeddings (mean best cosine)."""
         if not self.entries or len(recent) == 0:
             return np.zeros(len(self.entries), np.float32)
-        q = np.asarray(recent, np.float32)
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        q = unit_rows(recent)
         flat = self.keys.reshape(-1, self.dim)  # (n·p) × d; all-zero padding rows score 0
         sims = (q @ flat.T).reshape(len(q), len(self.entries), self.prototypes)
         return sims.max(axis=2).mean(axis=0)

@@ -32,6 +32,7 @@ from remembrall.learning.replay import ReplayError, ReplayMemory
 from remembrall.learning.reptile import BaseUpdater
 from remembrall.learning.trainer import SceneMonitor, TrainingRun, TrainSettings
 from remembrall.learning.training_set import RecentLabels, TrainingSet, training_set
+from remembrall.learning.vectors import unit_rows
 from remembrall.learning.zoo import SpecialistZoo, ZooError
 from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head
 from remembrall.models.modality import base_head
@@ -385,9 +386,7 @@ class RetrainStage(Stage):
             # learns what the memory had to correct; infer prunes it once this head serves
             mx, my = self._memory_items(st, xs.shape[1])
             if len(my) and len(yv):  # held-out labels sit in the memory too: keep them out of training
-                held = xv / np.maximum(np.linalg.norm(xv, axis=1, keepdims=True), 1e-12)
-                keys = mx / np.maximum(np.linalg.norm(mx, axis=1, keepdims=True), 1e-12)
-                keep = (keys @ held.T).max(axis=1) < 0.9999
+                keep = (unit_rows(mx) @ unit_rows(xv).T).max(axis=1) < 0.9999
                 mx, my = mx[keep], [y for y, k in zip(my, keep, strict=True) if k]
             if len(my):
                 xs, ys = np.concatenate([xs, mx]), list(ys) + list(my)
