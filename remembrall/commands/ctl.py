@@ -151,9 +151,10 @@ def ctl_main(cfg: Config, args: Any) -> int:
         send_control(out, "sleep", {"modality": args.modality} if args.modality else {})
         print("consolidation requested")
     elif args.verb == "forget":
-        if args.stream not in known_streams(cfg, out):
+        known = known_streams(cfg, out)
+        if args.stream not in known:
             raise CtlError(f"unknown stream {args.stream!r}: this run has none of its labels, memories or "
-                           f"specialists (known: {', '.join(sorted(known_streams(cfg, out))) or 'none'})")
+                           f"specialists (known: {', '.join(sorted(known)) or 'none'})")
         send_control(out, "forget", {"forget_stream": args.stream})
         print(f"forgetting stream {args.stream}: its memories, buffer samples and the specialists trained only on it")
     elif args.verb == "recall":

@@ -12,6 +12,7 @@ kept so that a rollback is one message.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
@@ -44,8 +45,6 @@ class SwapRequest:
 
 
 def _copy_to(head: torch.nn.Module, device: str) -> torch.nn.Module:
-    import copy
-
     return copy.deepcopy(head).to(device)
 
 

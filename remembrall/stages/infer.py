@@ -99,6 +99,7 @@ class InferStage(Stage):
         status = self.socket("load") if self.has("load") else None
         self._memory_in = self.socket("memory") if self.has("memory") else None
         self._resume_current_model()
+        self._device_gauges()
         poller = zmq.Poller()
         poller.register(inp, zmq.POLLIN)
         for sock in (ctrl, self._memory_in):
@@ -228,6 +229,8 @@ class InferStage(Stage):
                     and req.role == "specialized" and served.meta.version == req.version:
                 self._consolidated.discard(key)  # prune only once the consolidated head serves
                 self.memory.prune(req.modality, served)
+
+    def _device_gauges(self) -> None:
         for modality in self.modalities:
             nbytes = self.heads.device_bytes(modality)
             if self.memory is not None:
@@ -293,6 +296,7 @@ class InferStage(Stage):
         self._sent_status = now
         busy = self._busy_s / max(1e-6, now - self._busy_since)
         self._busy_s, self._busy_since = 0.0, now
+        self._device_gauges()  # with the load report (4 Hz), not every batch
         fields: dict[str, Any] = {"event": "infer_load", "backlog": len(self.queue), "busy": round(min(1.0, busy), 4),
                                   "serving": {k: self.heads.version(k) for k in self.modalities}}
         if self.memory is not None:
