@@ -437,7 +437,7 @@ def zoo_probe(root: Path, n: int, device: str, seconds: float, seed: int) -> dic
     gc.collect()
     out = {"zoo_size": len(zoo), "rss_bytes": rss_bytes(), "rss_before_bytes": rss_before,
            "head_device_bytes": heads.device_bytes("vision"), "memory_device_bytes": mem.device_bytes(),
-           "zoo_index_bytes": int(zoo.keys.nbytes),
+           "zoo_index_bytes": zoo.index_bytes,
            "resident": heads.resident_versions("vision"), "routed": f"{served}/{len(targets)}",
            "recall_lookup_ms": lookup_ms, "load_all_s": round(load_s, 3)}
     if dev.type == "cuda":

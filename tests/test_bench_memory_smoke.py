@@ -48,7 +48,7 @@ def test_memory_benchmark_smoke(tmp_path: Path) -> None:
     _positive_map(report, "recall_lookup_ms", zoo_sizes)
     for n, detail in report["zoo_detail"].items():
         assert detail["zoo_size"] == int(n) and len(detail["resident"]) == min(int(n), 4)
-        assert detail["zoo_index_bytes"] == int(n) * 8 * 1280 * 4  # 8 fp32 prototypes per specialist
+        assert detail["zoo_index_bytes"] == int(n) * 8 * (1280 + 4)  # 8 int8 prototypes and their scales
         served, shown = detail["routed"].split("/")
         assert served == shown, detail  # the router served every scene it was shown
     assert set(report["targets"]) == {"infer_memory_ratio", "device_bytes_spread"}

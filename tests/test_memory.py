@@ -148,3 +148,33 @@ def test_the_zoo_matches_scenes_survives_a_reload_and_refuses_mismatches(tmp_pat
     with pytest.raises(ZooError, match="8-d zoo"):
         broken_dim = SpecialistZoo(tmp_path / "other", "vision", dim=8)
         broken_dim.add(*_head(["a"]), np.ones((2, 4)), ["cam"])
+
+
+def test_quantized_zoo_keys_score_like_float_keys_and_an_older_float_index_still_loads(tmp_path) -> None:
+    from remembrall.learning.archive import pack
+    from remembrall.learning.vectors import unit_rows
+    from remembrall.learning.zoo import FORMAT, FORMAT_VERSION, SCORE_CHUNK, scene_key
+
+    rng = np.random.default_rng(5)
+    dim, n = 64, SCORE_CHUNK + 7  # more specialists than one scoring chunk
+    zoo = SpecialistZoo(tmp_path, "vision", dim=dim, prototypes=4)
+    scenes = rng.normal(size=(n, dim)).astype(np.float32)
+    for v in range(n):
+        zoo.add(*_head(["a", "b"], dim=dim, version=v + 1), scenes[v] + 0.3 * rng.normal(size=(24, dim)), ["cam"],
+                save=False)
+    zoo.save()
+    assert zoo.codes.dtype == np.int8 and zoo.index_bytes == n * 4 * (dim + 4)
+    recent = scenes[n - 1] + 0.3 * rng.normal(size=(16, dim))
+    keys = np.stack([zoo.key_of(v) for v in zoo.versions()])
+    exact = (unit_rows(recent) @ keys.reshape(-1, dim).T).reshape(16, n, 4).max(2).mean(0)
+    assert np.abs(zoo.scores(recent) - exact).max() < 1e-4  # chunked scoring = one product over all keys
+    float_keys = np.stack([scene_key(scenes[v] + 0.3 * rng.normal(size=(24, dim)), 4) for v in range(n)])
+    zoo_of_floats = SpecialistZoo(tmp_path / "f", "vision", dim=dim, prototypes=4)
+    zoo_of_floats.dir.mkdir(parents=True)
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "modality": "vision", "dim": dim,
+            "entries": [{"version": v + 1, "file": f"spec-v{v + 1}.pt", "classes": ["a", "b"]} for v in range(n)]}
+    zoo_of_floats.index_path.write_bytes(pack(meta, {"keys": float_keys}))
+    assert zoo_of_floats.reload()
+    float_scores = (unit_rows(recent) @ float_keys.reshape(-1, dim).T).reshape(16, n, 4).max(2).mean(0)
+    assert np.abs(zoo_of_floats.scores(recent) - float_scores).max() < 0.01  # int8 keys move a cosine < 0.01
+    assert zoo_of_floats.match(recent)[0][0] == n

@@ -6,6 +6,8 @@ one lookup instead of retraining (RECL's model zoo; Engram/TokMem-style addressa
 specialist's *key* is a few prototype embeddings (k-means centroids) of what it was trained on; a
 scene is matched by the mean, over its recent embeddings, of the best cosine similarity to a
 key's prototypes — one matrix product over every key, so a lookup stays cheap for thousands.
+Keys are held as int8 codes with a scale per prototype (``vectors.quantize_rows``): 10 kB per
+specialist, so a thousand of them add about 10 MB to the host, not 40.
 
 Only the index (keys and metadata) is in memory; heads stay on disk until recalled (the infer
 stage keeps ``zoo.resident`` of them on its device). The index and each head are written
@@ -34,13 +36,15 @@ import numpy as np
 
 from remembrall.atomic import atomic_write_bytes
 from remembrall.learning.archive import move_aside, pack, unpack
-from remembrall.learning.vectors import unit_rows
+from remembrall.learning.vectors import quantize_rows, unit_rows
 from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head, save_head
 
 log = logging.getLogger(__name__)
 
 FORMAT = "remembrall.zoo"
 FORMAT_VERSION = 1
+#: specialists scored per matrix product (bounds the float32 copy a lookup makes of int8 codes)
+SCORE_CHUNK = 64
 
 
 class ZooError(ValueError):
@@ -85,13 +89,22 @@ class SpecialistZoo:
         self.dir = Path(root) / modality
         self.modality, self.dim, self.prototypes, self.capacity = modality, dim, prototypes, capacity
         self.entries: list[Specialist] = []
-        self.keys = np.zeros((0, prototypes, dim), np.float32)
+        self._empty_keys()
         self.refused = 0
         self._mtime: float | None = None
         self.reload()
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def _empty_keys(self) -> None:
+        self.codes = np.zeros((0, self.prototypes, self.dim), np.int8)
+        self.scales = np.zeros((0, self.prototypes), np.float32)
+
+    @property
+    def index_bytes(self) -> int:
+        """Host bytes the keys take."""
+        return int(self.codes.nbytes + self.scales.nbytes)
 
     @property
     def index_path(self) -> Path:
@@ -106,7 +119,7 @@ class SpecialistZoo:
     def key_of(self, version: int) -> np.ndarray | None:
         for i, e in enumerate(self.entries):
             if e.version == version:
-                return self.keys[i]
+                return self.codes[i] * self.scales[i][:, None]
         return None
 
     # ------------------------------------------------------------------ reading
@@ -122,7 +135,8 @@ class SpecialistZoo:
             self._read(self.index_path.read_bytes())
         except (ZooError, OSError) as exc:
             move_aside(self.index_path, exc, "an empty zoo index (the specialists' files are kept)")
-            self.entries, self.keys = [], np.zeros((0, self.prototypes, self.dim), np.float32)
+            self.entries = []
+            self._empty_keys()
             self._mtime = None
             return True
         self._mtime = mtime
@@ -133,19 +147,24 @@ class SpecialistZoo:
         meta, arrays = unpack(data, FORMAT, FORMAT_VERSION, ZooError, where)
         try:
             entries = [Specialist(**e) for e in meta["entries"]]
-            keys = arrays["keys"]
-        except (KeyError, TypeError) as exc:
+            if "keys" in arrays:  # an index written before keys were quantized
+                codes, scales = quantize_rows(np.asarray(arrays["keys"], np.float32))
+            else:
+                codes, scales = arrays["codes"], arrays["scales"]
+        except (KeyError, TypeError, ValueError) as exc:
             raise ZooError(f"{where}: zoo index is inconsistent ({exc})") from None
-        if keys.ndim != 3 or keys.shape[0] != len(entries) or keys.dtype != np.float32:
+        if (codes.ndim != 3 or codes.dtype != np.int8 or codes.shape[0] != len(entries)
+                or scales.shape != codes.shape[:2] or not np.all(np.isfinite(scales))):
             raise ZooError(f"{where}: zoo keys do not match its entries")
-        if len(entries) and (keys.shape[2] != self.dim or not np.all(np.isfinite(keys))):
-            raise ZooError(f"{where}: zoo keys are {keys.shape[2]}-d, this encoder gives {self.dim}-d")
-        if keys.shape[1] != self.prototypes:  # zoo.prototypes changed: pad or cut
-            fixed = np.zeros((len(entries), self.prototypes, self.dim), np.float32)
-            n = min(self.prototypes, keys.shape[1])
-            fixed[:, :n] = keys[:, :n]
-            keys = fixed
-        self.entries, self.keys = entries, keys
+        if len(entries) and codes.shape[2] != self.dim:
+            raise ZooError(f"{where}: zoo keys are {codes.shape[2]}-d, this encoder gives {self.dim}-d")
+        if codes.shape[1] != self.prototypes:  # zoo.prototypes changed: pad or cut
+            n = min(self.prototypes, codes.shape[1])
+            fixed = np.zeros((len(entries), self.prototypes, self.dim), np.int8)
+            fixed_scales = np.zeros((len(entries), self.prototypes), np.float32)
+            fixed[:, :n], fixed_scales[:, :n] = codes[:, :n], scales[:, :n]
+            codes, scales = fixed, fixed_scales
+        self.entries, self.codes, self.scales = entries, codes, scales.astype(np.float32)
 
     def open_head(self, version: int, classes: list[str] | None = None) -> tuple[ClassifierHead, HeadMeta]:
         """Load a specialist's head; a missing/corrupt file or a class/size mismatch is a ZooError
@@ -169,9 +188,13 @@ class SpecialistZoo:
         if not self.entries or len(recent) == 0:
             return np.zeros(len(self.entries), np.float32)
         q = unit_rows(recent)
-        flat = self.keys.reshape(-1, self.dim)  # (n·p) × d; all-zero padding rows score 0
-        sims = (q @ flat.T).reshape(len(q), len(self.entries), self.prototypes)
-        return sims.max(axis=2).mean(axis=0)
+        out = np.empty(len(self.entries), np.float32)
+        for start in range(0, len(self.entries), SCORE_CHUNK):
+            codes = self.codes[start:start + SCORE_CHUNK]
+            flat = codes.reshape(-1, self.dim).astype(np.float32)  # all-zero padding rows score 0
+            sims = (q @ flat.T) * self.scales[start:start + SCORE_CHUNK].reshape(-1)
+            out[start:start + len(codes)] = sims.reshape(len(q), len(codes), self.prototypes).max(axis=2).mean(axis=0)
+        return out
 
     def match(self, recent: np.ndarray) -> list[tuple[int, float]]:
         """(version, score) of every specialist, best match first."""
@@ -191,13 +214,13 @@ class SpecialistZoo:
         save_head(self.dir / file, head, meta)
         entry = Specialist(meta.version, file, list(head.classes), meta.val_accuracy, meta.created or time.time(),
                            0, sorted(set(streams)), labels_seen)
-        key = scene_key(scene, self.prototypes)[None]
+        codes, scales = quantize_rows(scene_key(scene, self.prototypes)[None])
         old = [i for i, e in enumerate(self.entries) if e.version == meta.version]
         if old:
             self.entries.pop(old[0])
-            self.keys = np.delete(self.keys, old[0], axis=0)
+            self.codes, self.scales = np.delete(self.codes, old[0], axis=0), np.delete(self.scales, old[0], axis=0)
         self.entries.append(entry)
-        self.keys = np.concatenate([self.keys, key]) if len(self.keys) else key
+        self.codes, self.scales = np.concatenate([self.codes, codes]), np.concatenate([self.scales, scales])
         self._evict()
         if save:
             self.save()
@@ -216,7 +239,8 @@ class SpecialistZoo:
             (self.dir / self.entries[i].file).unlink(missing_ok=True)
         removed = [self.entries[i].version for i in drop]
         self.entries = [e for i, e in enumerate(self.entries) if i not in set(drop)]
-        self.keys = np.delete(self.keys, drop, axis=0) if drop else self.keys
+        if drop:
+            self.codes, self.scales = np.delete(self.codes, drop, axis=0), np.delete(self.scales, drop, axis=0)
         if removed:
             self.save()
         return removed
@@ -234,5 +258,5 @@ class SpecialistZoo:
     def save(self) -> None:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "modality": self.modality, "dim": self.dim,
                 "entries": [asdict(e) for e in self.entries]}
-        atomic_write_bytes(self.index_path, pack(meta, {"keys": self.keys.astype(np.float32)}))
+        atomic_write_bytes(self.index_path, pack(meta, {"codes": self.codes, "scales": self.scales}))
         self._mtime = self.index_path.stat().st_mtime_ns
