@@ -13,6 +13,9 @@ Measured in one run, warm-up excluded, on ``builtin:vtest`` (opencv-doc's vtest.
   end of stream) and divides the predictions written between the first flush and the last line by
   the time between them, so process start-up and model load are excluded. Tailing a file costs
   nothing in the pipeline; scraping ``/metrics`` at 10 Hz would cost CPU in the supervisor.
+- ``pipeline_fps_ui_watched``: the same run again with ``--viewers`` (10) clients holding the UI's
+  live view (``/api/live/events``) open from the moment the UI is up; ``ui_watched_ratio`` is
+  it over ``pipeline_fps`` (target ≥ 0.95: the UI must not slow the pipeline).
 - ``transport_fps`` / ``raw_zmq_fps``: 1920×1080×3 uint8 frames between two processes over
   PUSH/PULL ``ipc://``: ours through ``Stage.send``/``Stage.recv`` (encode + validate + decode),
   raw pyzmq as in its ``send_array`` example (JSON metadata + zero-copy buffer). Same HWM and
@@ -35,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -182,11 +186,36 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout: float) -> dict[str, Any]:
-    """Run ``remembrall run`` on ``video`` and time it at the sink (see the module docstring)."""
-    out = tmp / "pipeline"
+class LiveViewer(threading.Thread):
+    """A browser stand-in on the UI's live view: holds ``/api/live/events`` open and reads every event."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.events, self.error = url, 0, None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + "/api/live/events", timeout=30) as resp:
+                for line in resp:
+                    if line.startswith(b"data: {"):
+                        self.events += 1
+                    if self.stop.is_set():
+                        return
+        except OSError as exc:
+            if not self.stop.is_set():
+                self.error = str(exc)
+
+
+def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout: float,
+                   viewers: int = 0) -> dict[str, Any]:
+    """Run ``remembrall run`` on ``video`` and time it at the sink (see the module docstring), with
+    ``viewers`` clients on the UI's live view from the moment the UI is up."""
+    out = tmp / ("pipeline-watched" if viewers else "pipeline")
     cmd = [sys.executable, "-m", "remembrall", "run", config, "--source", str(video), "--out", str(out),
-           "--metrics-port", "0"]
+           "--metrics-port", "0", "--ui-port", "0"]
     for s in sets:
         cmd += ["--set", s]
     log_path = tmp / "pipeline.log"
@@ -194,6 +223,7 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
     samples: list[tuple[float, int]] = []
     cpu: dict[str, float] = {}
     stage_pids: dict[str, int] = {}
+    watching: list[LiveViewer] = []
     lines, offset = 0, 0
     t_launch = time.perf_counter()
     with log_path.open("wb") as log:
@@ -209,6 +239,10 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
                     try:
                         st = json.loads((out / "status.json").read_text())
                         stage_pids = {f"{n} ({s['type']})": s["pid"] for n, s in st["stages"].items() if s["pid"]}
+                        if viewers and st.get("ui_url"):
+                            watching = [LiveViewer(st["ui_url"]) for _ in range(viewers)]
+                            for v in watching:
+                                v.start()
                     except (OSError, ValueError, KeyError):
                         pass
                 for name, pid in list(stage_pids.items()) + [("supervisor", proc.pid)]:
@@ -231,6 +265,8 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            for v in watching:
+                v.stop.set()
     wall = time.perf_counter() - t_launch
     if proc.returncode != 0:
         raise RuntimeError(f"remembrall run exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
@@ -247,6 +283,8 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
         "wall_s": round(wall, 3),
         "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
         "command": " ".join(cmd),
+        **({"viewers": len(watching), "viewer_events": [v.events for v in watching],
+            "viewer_errors": [v.error for v in watching if v.error]} if viewers else {}),
     }
 
 
@@ -393,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="config override applied to every measurement and to the pipeline run")
     p.add_argument("--seconds", type=float, help="length of each measurement (default 5, smoke 0.5)")
     p.add_argument("--rounds", type=int, help="alternating transport rounds (default 3, smoke 1)")
-    p.add_argument("--skip", action="append", default=[], choices=["transport", "decode", "infer", "pipeline"])
+    p.add_argument("--skip", action="append", default=[],
+                   choices=["transport", "decode", "infer", "pipeline", "ui"])
+    p.add_argument("--viewers", type=int, default=10, help="live-view clients for pipeline_fps_ui_watched")
     p.add_argument("--smoke", action="store_true", help="tiny video and frames, short runs: checks the machinery")
     args = p.parse_args(argv)
     seconds = args.seconds or (0.5 if args.smoke else 5.0)
@@ -453,6 +493,13 @@ def main(argv: list[str] | None = None) -> int:
             run = bench_pipeline(args.config, video, sets, tmp, timeout=120 if args.smoke else 900)
             res["pipeline_fps"] = run.pop("fps")
             res["pipeline"] = run
+            if "ui" not in args.skip:  # the same run again with browsers on the live view
+                res["loadavg_1m"]["pipeline_ui_watched"] = loadavg_1m()
+                watched = bench_pipeline(args.config, video, sets, tmp, timeout=120 if args.smoke else 900,
+                                         viewers=args.viewers)
+                res["pipeline_fps_ui_watched"] = watched.pop("fps")
+                res["pipeline_ui_watched"] = watched
+                res["ui_watched_ratio"] = res["pipeline_fps_ui_watched"] / res["pipeline_fps"]
             res["loadavg_1m"]["end"] = loadavg_1m()
             if measure_infer is not None and not args.smoke:  # again: the load may have changed meanwhile
                 infer_runs.append(measure_infer(seconds * 2))
@@ -468,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                 res["pipeline_efficiency"] = res["pipeline_fps"] / min(res["decode_fps"], res["infer_fps"])
     res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json(args.json, res)
-    rows = [(k, res[k]) for k in ("decode_fps", "infer_fps", "pipeline_fps", "pipeline_efficiency",
+    rows = [(k, res[k]) for k in ("decode_fps", "infer_fps", "pipeline_fps", "pipeline_fps_ui_watched",
+                                  "ui_watched_ratio", "pipeline_efficiency",
                                   "transport_fps", "raw_zmq_fps", "transport_efficiency") if k in res]
     rows.append(("loadavg (1/5/15 min, start)", " ".join(map(str, res["machine"]["loadavg"]))))
     print_table(rows, header=("measure", "value"))

@@ -37,6 +37,8 @@ def load_run_config(args: argparse.Namespace) -> Config:
     overrides = parse_overrides(args.set or [])
     if getattr(args, "metrics_port", None) is not None:
         overrides["metrics.port"] = args.metrics_port
+    if getattr(args, "ui_port", None) is not None:
+        overrides["ui.port"] = args.ui_port
     if getattr(args, "out", None):
         overrides["out"] = args.out
     try:
@@ -91,8 +93,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from remembrall.pipeline.supervisor import Supervisor  # after the env var: metrics are per-process files
 
-    sup = Supervisor(cfg, out_dir, sock_dir, duration=args.duration, metrics_port=cfg.metrics.port)
     try:
+        services = []
+        if cfg.ui.enabled:
+            from remembrall.ui.server import UIServer
+
+            services.append(UIServer(cfg, out_dir, sock_dir, str(metrics_dir)))
+        sup = Supervisor(cfg, out_dir, sock_dir, duration=args.duration, metrics_port=cfg.metrics.port,
+                         services=services)
         rc = sup.run()
     finally:
         run_dir.remove()
@@ -128,6 +136,13 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``remembrall report OUT [--html FILE]``: the Learning page of a run as one HTML file."""
+    from remembrall.commands.report import report_main
+
+    return report_main(args.out_dir, args.html)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """Write editable copies of the packaged configs (a wheel install has no configs/ folder)."""
     # an existing file (FileExistsError) or an unknown name (FileNotFoundError): main() exits 2
@@ -156,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--duration", type=float, help="stop the sources after this many seconds, then drain")
     run.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (0 = any free port)")
+    run.add_argument("--ui-port", type=int, help="browser UI port (0 = any free port; ui.enabled: false turns it off)")
     run.set_defaults(func=cmd_run)
 
     fit = sub.add_parser("fit-base", help="train the base head for your classes from annotated footage")
@@ -192,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     back = verbs.add_parser("rollback", help="serve the previous specialized model again")
     back.add_argument("--to-version", type=int)
     ctl.set_defaults(func=cmd_ctl)
+
+    report = sub.add_parser("report", help="a run's Learning page (accuracy, models, labels, runs) as one HTML file")
+    report.add_argument("out_dir", metavar="OUT", help="the run's output directory")
+    report.add_argument("--html", metavar="FILE", help="where to write it (default: OUT/report.html)")
+    report.set_defaults(func=cmd_report)
 
     # handled in main() before parsing; listed here so --help shows it
     sub.add_parser("status", help="show a running pipeline's stages, restarts, throughput, model version "

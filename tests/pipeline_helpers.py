@@ -24,7 +24,7 @@ class Run:
     def __init__(self, out: Path, *args: str, config: str = "configs/default.yaml", env: dict | None = None) -> None:
         self.out = out
         cmd = [sys.executable, "-m", "remembrall", "run", str(REPO / config), "--out", str(out),
-               "--metrics-port", "0", *args]
+               "--metrics-port", "0", "--ui-port", "0", *args]
         full_env = dict(os.environ, REMEMBRALL_LOG_FORMAT="text", **(env or {}))
         self.log_path = out.parent / f"{out.name}.log"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FIELDS = ("decode_fps", "infer_fps", "pipeline_fps", "pipeline_efficiency", "transport_fps", "raw_zmq_fps",
-          "transport_efficiency")
+FIELDS = ("decode_fps", "infer_fps", "pipeline_fps", "pipeline_fps_ui_watched", "ui_watched_ratio",
+          "pipeline_efficiency", "transport_fps", "raw_zmq_fps", "transport_efficiency")
 
 
 def test_throughput_smoke(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     proc = subprocess.run([sys.executable, "-m", "bench.throughput", "--json", str(out), "--smoke"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())
     for key in FIELDS:
@@ -27,6 +27,9 @@ def test_throughput_smoke(tmp_path: Path) -> None:
     assert res["pipeline"]["frames"] == 24
     assert res["pipeline"]["timed_frames"] > 0 and res["pipeline"]["timed_s"] > 0
     assert {"supervisor"} < set(res["pipeline"]["cpu_s"])
+    # the same run with ten clients holding the UI's live view open
+    assert res["pipeline_ui_watched"]["frames"] == 24 and res["pipeline_ui_watched"]["viewers"] == 10
+    assert res["pipeline_ui_watched"]["viewer_errors"] == []
     assert len(res["machine"]["loadavg"]) == 3 and set(res["loadavg_1m"]) >= {"transport", "decode", "pipeline"}
 
 

@@ -201,7 +201,7 @@ def _run(work: Path, t_start: float) -> None:
     env = dict(os.environ, REMEMBRALL_RUN_DIR=str(run_base), REMEMBRALL_LOG_FORMAT="json")
     pipe_log, prom_log = work / "pipeline.log", work / "prometheus.log"
     # The demo config, its video looped until the test stops it (--duration is only a safety cap).
-    pipeline_cmd = [sys.executable, "-m", "remembrall", "run", "configs/demo.yaml", "--set", "sources.0.loop=0",
+    pipeline_cmd = [sys.executable, "-m", "remembrall", "run", "configs/demo.yaml", "--ui-port", "0", "--set", "sources.0.loop=0",
                     "--duration", "200", "--out", str(out), "--metrics-port", str(metrics_port)]
     prom_cmd = ["prometheus", f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"]

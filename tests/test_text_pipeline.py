@@ -34,7 +34,7 @@ def test_followed_file_through_the_whole_pipeline(tmp_path: Path) -> None:
     log_path = tmp_path / "feed.log"
     log_path.write_text('{"text": "markets rallied after the rate cut", "id": "n1", "label": "business"}\n')
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "remembrall", "run", str(CONFIG), "--source", f"follow://{log_path}",
+    cmd = [sys.executable, "-m", "remembrall", "run", str(CONFIG), "--ui-port", "0", "--source", f"follow://{log_path}",
            "--out", str(out), "--metrics-port", "0", "--set", "learn=false", "--set", "sink.flush_every=1",
            "--set", "text.poll_interval_s=0.05", "--set", "infer.max_wait_ms=5"]
     env = {**os.environ, "REMEMBRALL_RUN_DIR": str(tmp_path / "run")}

@@ -41,33 +41,18 @@ def _status(out: Path) -> dict[str, Any]:
         raise CtlError(f"no running pipeline found in {out} (no readable status.json)") from None
 
 
-def _control_socket(out: Path) -> Path:
-    status = _status(out)
-    control = Path(status.get("sock_dir", "")) / "sockets" / "retrain.control"
-    if "retrain" not in status.get("stages", {}) or not control.exists():
-        raise CtlError(f"the pipeline in {out} has no running retrain stage (learn: false?)")
-    return control
-
-
 def send_control(out: Path, kind: str, fields: dict[str, Any]) -> None:
     """Push one command to the retrain stage of the pipeline writing into ``out``."""
-    import zmq
+    from remembrall.pipeline.control import PipelineUnreachable, push_message
+    from remembrall.pipeline.messages import Message
 
-    from remembrall.io.endpoints import open_socket
-    from remembrall.pipeline.messages import Message, encode_message
-
-    control = _control_socket(out)
-    data = encode_message(Message(kind, fields=fields))
-    ctx = zmq.Context()
-    sock = open_socket(ctx, f"push+connect:ipc://{control}", linger_ms=5000)
+    status = _status(out)
+    if "retrain" not in status.get("stages", {}):
+        raise CtlError(f"the pipeline in {out} has no running retrain stage (learn: false?)")
     try:
-        sock.setsockopt(zmq.SNDTIMEO, 5000)
-        sock.send_multipart(data)
-    except zmq.Again:
-        raise CtlError(f"the retrain stage of the pipeline in {out} did not take the command within 5 s") from None
-    finally:
-        sock.close()
-        ctx.term()
+        push_message(status.get("sock_dir", ""), "retrain.control", Message(kind, fields=fields))
+    except PipelineUnreachable as exc:
+        raise CtlError(f"the retrain stage of the pipeline in {out} cannot take the command: {exc}") from None
 
 
 def _memory_summary(path: Path) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from remembrall.config.loading import (
     config_from_plain,
     config_to_dict,
     from_dict,
+    is_loopback_host,
     load_config,
     parse_overrides,
 )
@@ -31,6 +32,7 @@ from remembrall.config.sections import (
     SourceConfig,
     SupervisorConfig,
     TransportConfig,
+    UIConfig,
 )
 from remembrall.config.text import TextConfig
 
@@ -39,6 +41,7 @@ __all__ = [
     "ZooConfig",
     "BufferConfig", "Config", "ConfigError", "DecodeConfig", "InferConfig", "LabelConfig", "MetricsConfig",
     "RetrainConfig", "SelectConfig", "SinkConfig", "SourceConfig", "SupervisorConfig", "TextConfig",
-    "TransportConfig", "config_from_plain", "config_to_dict", "from_dict", "load_config", "parse_overrides",
+    "TransportConfig", "UIConfig", "config_from_plain", "config_to_dict", "from_dict", "is_loopback_host",
+    "load_config", "parse_overrides",
     "section", "setting",
 ]

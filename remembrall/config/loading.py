@@ -7,6 +7,7 @@ file and the dotted key (``configs/x.yaml: infer.batch_size: expected an integer
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import types
 import typing
@@ -173,6 +174,17 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, label: str) -> No
             raise ConfigError(f"{label}: {dotted}: cannot override inside {'.'.join(parts[:i])}, not a mapping")
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 brackets allowed) is this machine's loopback."""
+    host = host.strip("[]")
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_semantics(cfg: Config, label: str) -> None:
     if not cfg.sources:
         raise ConfigError(f"{label}: sources: at least one source is needed")
@@ -187,6 +199,9 @@ def _check_semantics(cfg: Config, label: str) -> None:
             raise ConfigError(f"{label}: sources[{i}].reconnect_max_s must be >= reconnect_initial_s")
     if (cfg.decode.width is None) != (cfg.decode.height is None):
         raise ConfigError(f"{label}: decode.width and decode.height must be set together")
+    if cfg.ui.enabled and not cfg.ui.allow_remote and not is_loopback_host(cfg.ui.host):
+        raise ConfigError(f"{label}: ui.host {cfg.ui.host!r} is not a loopback address: the UI takes labels and "
+                          "control commands, so serving it to the network needs ui.allow_remote: true")
 
 
 def config_to_dict(cfg: Any) -> Any:

@@ -23,6 +23,7 @@ from remembrall.config.sections import (
     SourceConfig,
     SupervisorConfig,
     TransportConfig,
+    UIConfig,
 )
 from remembrall.config.text import TextConfig
 
@@ -34,6 +35,7 @@ class Config:
     infer: InferConfig = section(InferConfig)
     sink: SinkConfig = section(SinkConfig)
     metrics: MetricsConfig = section(MetricsConfig)
+    ui: UIConfig = section(UIConfig)
     transport: TransportConfig = section(TransportConfig)
     supervisor: SupervisorConfig = section(SupervisorConfig)
     #: Run the learning loop (select → label → buffer → retrain → hot-swap).

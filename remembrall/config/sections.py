@@ -67,6 +67,23 @@ class MetricsConfig:
 
 
 @dataclass
+class UIConfig:
+    """The browser UI the supervisor serves beside the metrics endpoint (pages ``/``, ``/live``,
+    ``/label``, ``/learning``). Anything that changes state needs the token in ``OUT/ui-token``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = setting(8108, min=0, max=65535, help="0 = any free port (written to status.json)")
+    #: binding a non-loopback host exposes labelling and control to the network: an explicit decision
+    allow_remote: bool = False
+    live_fps: float = setting(2.0, min=0.1, max=30.0, help="frames per second per stream the live view may get")
+    max_viewers: int = setting(100, min=1, help="live connections at once; more are answered 503")
+    undo_s: float = setting(5.0, min=0.0, max=600.0, help="seconds a label waits, undoable, before it enters the pipeline")
+    max_request_bytes: int = setting(16384, min=256, max=1 << 20)
+    grafana_url: str | None = None
+
+
+@dataclass
 class TransportConfig:
     hwm: int = setting(16, min=1, help="messages queued per socket before backpressure (drop for live, block for files)")
     max_message_bytes: int = setting(64 << 20, min=1024)

@@ -12,11 +12,12 @@ False
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 
 import zmq
+
+from remembrall.config import is_loopback_host
 
 PATTERNS = {
     "push": zmq.PUSH,
@@ -25,9 +26,10 @@ PATTERNS = {
     "sub": zmq.SUB,
     "req": zmq.REQ,
     "rep": zmq.REP,
+    "xpub": zmq.XPUB,  # a PUB that hears its subscribers come and go (infer's live preview)
 }
 #: Sockets that bind unless the string says otherwise (the receiving / serving side).
-_BIND_BY_DEFAULT = {"pull", "rep", "pub"}
+_BIND_BY_DEFAULT = {"pull", "rep", "pub", "xpub"}
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 DEFAULT_HWM = 64
@@ -65,13 +67,7 @@ def parse_endpoint(text: str) -> Endpoint:
 
 
 def _is_loopback_tcp(address: str) -> bool:
-    host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host in ("localhost", "127.0.0.1", "::1"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(address[len("tcp://"):].rsplit(":", 1)[0])
 
 
 def open_socket(

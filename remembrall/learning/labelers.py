@@ -29,11 +29,11 @@ the caller gets back), :class:`Labelled` answers come out, now or later (``poll`
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
 import re
-import struct
 import zlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
@@ -255,18 +255,15 @@ class TeacherLabeler(Labeler):
 
 # ---------------------------------------------------------------------------- external
 def encode_png(image: np.ndarray) -> bytes:
-    """A minimal RGB PNG encoder (zlib + CRC), so exporting needs no imaging library."""
+    """An H×W×3 uint8 RGB image as PNG bytes (Pillow)."""
+    from PIL import Image
+
     img = np.ascontiguousarray(image, dtype=np.uint8)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected HxWx3 uint8, got {img.shape}")
-    h, w, _ = img.shape
-    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    buf = io.BytesIO()
+    Image.fromarray(img, "RGB").save(buf, "PNG", compress_level=6)
+    return buf.getvalue()
 
 
 def safe_name(sample_id: str) -> str:

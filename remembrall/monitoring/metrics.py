@@ -134,3 +134,19 @@ DEVICE_MEMORY_BYTES = Gauge(
     "remembrall_device_memory_bytes", "Bytes infer holds on its device for heads, zoo and memory.",
     ["stage", "modality"], multiprocess_mode="livemax",
 )
+
+# ---------------------------------------------------------------------------- browser UI
+UI_REQUESTS = Counter(
+    "remembrall_ui_requests",
+    "HTTP requests the UI answered, by route and status code (4xx: refused input, counted).",
+    ["route", "code"],
+)
+UI_VIEWERS = Gauge(
+    "remembrall_ui_viewers", "Browsers watching the live view right now.", [], multiprocess_mode="livesum",
+)
+UI_LABELS = Counter(
+    "remembrall_ui_labels", "Labels a person gave in the UI, by outcome (sent, undone, failed).", ["outcome"],
+)
+UI_LIVE_FRAMES = Counter(
+    "remembrall_ui_live_frames", "Preview frames the UI received from infer's side channel.", ["stream"],
+)

@@ -73,6 +73,8 @@ def build_graph(cfg: Config, run_dir: Path, out_dir: Path) -> list[StageSpec]:
     if cfg.learn and cfg.label.labeler == "external":
         # human labels come back over this socket (or as files in label.external_dir/labels/)
         next(s for s in specs if s.name == "label").inputs["labels"] = f"pull+bind:{_ipc(run_dir, 'label.labels')}"
+    if cfg.ui.enabled:  # the live view's side channel: infer sends only while a browser watches
+        infer_outputs["preview"] = f"xpub+bind:{_ipc(run_dir, 'preview')}"
     specs.append(spec("infer", "infer", inputs=infer_inputs, outputs=infer_outputs, streams=streams,
                       params={"modalities": sorted(set(modalities.values()))}))
     for src in cfg.sources:

@@ -39,6 +39,7 @@ KINDS = frozenset(
         "recall",  # serve a specialist from the zoo
         "forget",  # remove a stream's memories, samples and own specialists
         "control",  # other control traffic
+        "preview",  # infer's live side channel for the UI (fields: pred, top, ...; arrays: [frame])
     }
 )
 

@@ -25,6 +25,7 @@ import zmq
 from remembrall.config import Config, config_from_plain
 from remembrall.io.endpoints import open_socket
 from remembrall.monitoring import metrics as m
+from remembrall.monitoring.journal import Journal
 from remembrall.pipeline.lifeline import PARENT_DEATH_SIGNAL, Lifeline
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
 
@@ -90,6 +91,8 @@ class Stage:
         self._sockets: dict[str, zmq.Socket] = {}
         self._malformed_logged = 0
         self._drain_timeouts = 0
+        #: what happened when, for the Learning page and ``remembrall report`` (OUT/events.jsonl)
+        self.journal = Journal(spec.out_dir or None, spec.name)
 
     # ----------------------------------------------------------------- lifecycle
     @property

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from remembrall.atomic import atomic_write_bytes
 from remembrall.config import Config
@@ -37,6 +37,16 @@ log = logging.getLogger(__name__)
 
 #: A stage that ran this long before crashing starts its backoff from the beginning again.
 STABLE_AFTER_S = 30.0
+
+
+class Service(Protocol):
+    """Something that lives as long as the run, beside the stages (the browser UI)."""
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -57,8 +67,9 @@ class Supervisor:
     """Runs one pipeline until it ends (files), is stopped, or fails."""
 
     def __init__(self, cfg: Config, out_dir: Path, sock_dir: Path, *, duration: float | None = None,
-                 metrics_port: int | None = None) -> None:
+                 metrics_port: int | None = None, services: list[Service] | None = None) -> None:
         self.cfg = cfg
+        self.services = list(services or [])
         self.out_dir = out_dir
         self.sock_dir = sock_dir
         self.duration = duration
@@ -256,6 +267,7 @@ class Supervisor:
             "out_dir": str(self.out_dir),
             "sock_dir": str(self.sock_dir),
             "stopping": self.stopping_sources,
+            **{k: v for service in self.services for k, v in service.status().items()},
             "stages": {
                 n: {"pid": sp.proc.pid if sp.proc else None, "state": sp.state, "restarts": sp.restarts,
                     "type": sp.spec.type, "streams": sp.spec.streams, "last_exit": sp.last_rc}
@@ -285,6 +297,8 @@ class Supervisor:
                 predictions.rename(kept)
         self._write_specs()
         self._start_metrics()
+        for service in self.services:
+            service.start()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         handled_signals = 0
         try:
@@ -341,6 +355,11 @@ class Supervisor:
                 signal.signal(s, h)
             self._kill_leftovers()
             self._write_status()
+            for service in self.services:
+                try:
+                    service.stop()
+                except Exception:  # noqa: BLE001 - a service must not hide the run's own outcome
+                    log.exception("stopping %s failed", type(service).__name__)
             if self.server is not None:
                 self.server.stop()
         return self._exit_code()

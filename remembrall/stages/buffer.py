@@ -96,6 +96,9 @@ class BufferStage(Stage):
         m.BUFFER_SIZE.labels(self.name, "").set(len(mem))
         self.save(view.modality)
         msg.fields["split"] = split
+        self.journal.write("label", id=view.id, stream=msg.stream, modality=view.modality, label=view.label,
+                           pred=msg.get("pred"), model_version=msg.get("model_version"),
+                           source=msg.get("label_source"), split=split)
         forward = Message("sample", stream=msg.stream, seq=msg.seq, pts=msg.pts, ts=msg.ts,
                           fields=msg.fields, arrays=msg.arrays[:2])
         self.send(out, forward)

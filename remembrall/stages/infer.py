@@ -33,6 +33,7 @@ from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
 from remembrall.pipeline.stream_ends import StreamEnds
+from remembrall.stages.preview import PreviewPublisher
 from remembrall.stages.recall import MemoryKeeper, ZooRouter
 from remembrall.stages.samples import BadSample, check_sample
 
@@ -98,6 +99,8 @@ class InferStage(Stage):
         ctrl = self.socket("model_ready") if self.has("model_ready") else None
         status = self.socket("load") if self.has("load") else None
         self._memory_in = self.socket("memory") if self.has("memory") else None
+        self.preview = (PreviewPublisher(self.socket("preview", hwm=4, linger_ms=0), self.cfg.ui.live_fps)
+                        if self.has("preview") else None)
         self._resume_current_model()
         self._device_gauges()
         poller = zmq.Poller()
@@ -110,6 +113,8 @@ class InferStage(Stage):
             while True:
                 batch = self._next_batch(poller, inp, ctrl)
                 self._apply_swaps()
+                if self.preview is not None:
+                    self.preview.poll()
                 if self.router is not None:
                     self.router.refresh()
                 if batch:
@@ -222,6 +227,9 @@ class InferStage(Stage):
     def _apply_swaps(self) -> None:
         for req, seconds in self.heads.apply_pending():
             m.SWAP_SECONDS.labels(self.name, "").observe(seconds)
+            if req.activate:
+                self.journal.write("swap", modality=req.modality, role=req.role, version=req.version,
+                                   pause_ms=round(seconds * 1000, 3))
             m.MODEL_VERSION.labels(self.name, "").set(self.heads.version(req.modality))
             served = self.heads.serving(req.modality)
             key = (req.modality, req.version)
@@ -351,9 +359,10 @@ class InferStage(Stage):
                     self._score(msg.stream, fields["pred"] == label)
                 pred = Message("prediction", stream=msg.stream, seq=msg.seq, pts=msg.pts, ts=msg.ts, fields=fields)
                 self.send(preds, pred)
+                if self.preview is not None:
+                    self.preview.offer(pred, group[i][1])
                 if samples is not None:
-                    sample_fields = dict(fields)
-                    sample_fields.pop("top", None)
+                    sample_fields = dict(fields)  # "top" rides along: a person labelling sees the guesses
                     extra_arrays, extra_fields = mod.sample(group[i][1], with_pixels=self._sample_images)
                     arrays = [emb_np[i], head_np[i] if head_np is not None else np.zeros(0, np.float32), *extra_arrays]
                     sample_fields.update(extra_fields)

@@ -32,8 +32,11 @@ POLL_FILES_S = 0.5
 def label_request(sample: Message) -> LabelRequest:
     """What a labeler sees of a ``sample`` message; the message itself, without its pixels and
     with its arrays copied out of the receive buffer, rides along as the payload."""
-    info = {"stream": sample.stream, "seq": sample.seq, "pred": sample.get("pred"),
-            "entropy": sample.get("entropy"), "model_version": sample.get("model_version")}
+    info = {"stream": sample.stream, "seq": sample.seq, "ts": sample.ts, "pred": sample.get("pred"),
+            "top": sample.get("top") or [], "entropy": sample.get("entropy"),
+            "model_version": sample.get("model_version")}
+    if sample.get("text") is not None:
+        info["text"] = sample.get("text")
     slim = Message("sample", stream=sample.stream, seq=sample.seq, pts=sample.pts, ts=sample.ts,
                    fields=dict(sample.fields), arrays=[np.array(a) for a in sample.arrays[:2]])
     image = sample.arrays[2] if len(sample.arrays) >= 3 else None

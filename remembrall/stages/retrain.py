@@ -307,6 +307,7 @@ class RetrainStage(Stage):
             self._publish(announcement)
         log.info("%s: %s specialist v%d recalled from the zoo; retraining continues from it", self.name,
                  st.modality, version)
+        self.journal.write("recall", modality=st.modality, version=version)
 
     def _rollback(self, msg: Message) -> None:
         modality = msg.get("modality", "vision")
@@ -326,6 +327,7 @@ class RetrainStage(Stage):
         to = st.serving_meta.version if st.serving_meta else 0
         log.warning("%s: rolled %s back from v%d to %s", self.name, modality, current,
                     f"v{to}" if st.serving_meta else "the base head")
+        self.journal.write("rollback", modality=modality, from_version=current, version=to)
         m.MODEL_VERSION.labels(self.name, "").set(to)
         fields = dict(announce.fields) if announce else {"modality": modality, "version": 0}
         fields["to_version"] = to
@@ -360,7 +362,10 @@ class RetrainStage(Stage):
         if draining:
             return st.new_labels > 0
         drift = st.monitor.drift_from(st.scene_at_last_run)
-        return drift >= r.drift_trigger and st.new_labels >= max(4, r.every_labels // 4)
+        if drift >= r.drift_trigger and st.new_labels >= max(4, r.every_labels // 4):
+            self.journal.write("drift", modality=st.modality, drift=round(float(drift), 4))
+            return True
+        return False
 
     def _training_set(self, st: ModalityState) -> TrainingSet | None:
         path = buffer_path(self.bcfg, self.run_dir, st.modality)
@@ -448,6 +453,12 @@ class RetrainStage(Stage):
                    f"last {last:.3f}, serving {res.baseline_accuracy:.3f}; {res.compute_seconds:.2f} s compute")
         if st.run_consolidates:
             m.CONSOLIDATIONS.labels(self.name, st.modality, "accepted" if res.accepted else "rejected").inc()
+        self.journal.write("run", modality=st.modality, accepted=res.accepted, stop_reason=res.stop_reason,
+                           steps=res.steps, compute_s=round(res.compute_seconds, 4),
+                           val_accuracy=round(res.val_accuracy, 4), baseline_accuracy=round(res.baseline_accuracy, 4),
+                           started=round(time.time() - (time.monotonic() - st.run_started), 3),
+                           labels=st.run_seen, consolidation=st.run_consolidates,
+                           version=st.registry.next_version if res.accepted else None)
         if not res.accepted:
             self.rejected_runs += 1
             log.warning("%s: %s run rejected (%s); the serving head stays", self.name, st.modality, summary)
