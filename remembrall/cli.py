@@ -76,6 +76,19 @@ def summarize(predictions: Path) -> dict[str, Any]:
     return {"streams": streams}
 
 
+def _status_line(cfg: Config, out_dir: Path, metrics_dir: str, ui_url: str | None) -> Any:
+    """On a terminal (and unless JSON logs were asked for): live status lines under the logs."""
+    if not sys.stderr.isatty() or os.environ.get("REMEMBRALL_LOG_FORMAT", "").lower() == "json":
+        return None
+    from remembrall.io.sources import detect_modality
+    from remembrall.ui.learning import LearningLog
+    from remembrall.ui.overview import MetricsView
+    from remembrall.ui.terminal import StatusLine
+
+    streams = {src.id: detect_modality(src) for src in cfg.sources}
+    return StatusLine(streams, MetricsView(metrics_dir), LearningLog(out_dir, cfg.sink.path), ui_url)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
     setup_logging(args.log_level or cfg.log_level, component="supervisor")
@@ -94,13 +107,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from remembrall.pipeline.supervisor import Supervisor  # after the env var: metrics are per-process files
 
     try:
-        services = []
+        services: list[Any] = []
+        ui = None
         if cfg.ui.enabled:
             from remembrall.ui.server import UIServer
 
-            services.append(UIServer(cfg, out_dir, sock_dir, str(metrics_dir)))
+            ui = UIServer(cfg, out_dir, sock_dir, str(metrics_dir))
+            services.append(ui)
+        status_line = _status_line(cfg, out_dir, str(metrics_dir), ui.url if ui else None)
+        if status_line is not None:
+            services.append(status_line)
+            logging.getLogger().handlers[:] = [status_line.logging_handler()]
         sup = Supervisor(cfg, out_dir, sock_dir, duration=args.duration, metrics_port=cfg.metrics.port,
-                         services=services)
+                         services=services, stage_output=status_line.print_line if status_line else None)
         rc = sup.run()
     finally:
         run_dir.remove()

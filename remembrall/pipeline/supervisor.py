@@ -22,7 +22,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,9 +69,12 @@ class Supervisor:
     """Runs one pipeline until it ends (files), is stopped, or fails."""
 
     def __init__(self, cfg: Config, out_dir: Path, sock_dir: Path, *, duration: float | None = None,
-                 metrics_port: int | None = None, services: list[Service] | None = None) -> None:
+                 metrics_port: int | None = None, services: list[Service] | None = None,
+                 stage_output: Callable[[bytes], None] | None = None) -> None:
         self.cfg = cfg
         self.services = list(services or [])
+        #: where stage processes' log lines go (a terminal's status line prints them); None: inherited stderr
+        self.stage_output = stage_output
         self.out_dir = out_dir
         self.sock_dir = sock_dir
         self.duration = duration
@@ -128,16 +133,32 @@ class Supervisor:
         # only a source reading "-" may take stdin; nobody else should hold it
         reads_stdin = sp.spec.name in self.source_names and any(
             src.uri == "-" and src.id == self.source_names[sp.spec.name] for src in self.cfg.sources)
+        piped = self.stage_output is not None
+        if piped:
+            env.setdefault("REMEMBRALL_LOG_FORMAT", "text")  # a pipe, but read by a person
         sp.proc = subprocess.Popen(
             [sys.executable, "-m", "remembrall.stages.worker", str(sp.spec_path)],
             env=env, preexec_fn=die_with_parent, stdin=None if reads_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if piped else None, stderr=subprocess.STDOUT if piped else None,
         )
+        if piped:
+            threading.Thread(target=self._forward_output, args=(sp.proc,), name=f"out-{sp.spec.name}",
+                             daemon=True).start()
         sp.pids.append(sp.proc.pid)
         sp.state = "running"
         sp.started_at = time.monotonic()
         m.STAGE_UP.labels(sp.spec.name).set(1)
         m.STAGE_RESTARTS.labels(sp.spec.name)  # exported at 0 from the start, so increase() sees the first
         log.info("started stage %s (pid %d)", sp.spec.name, sp.proc.pid)
+
+    def _forward_output(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None and self.stage_output is not None
+        with proc.stdout:
+            for line in proc.stdout:
+                try:
+                    self.stage_output(line)
+                except Exception:  # noqa: BLE001 - keep draining: a stage must never block on its log pipe
+                    sys.stderr.buffer.write(line)
 
     def _finished_streams(self) -> list[str]:
         return sorted(stream for name, stream in self.source_names.items()
