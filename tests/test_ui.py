@@ -62,7 +62,7 @@ def test_a_remote_ui_bind_needs_allow_remote() -> None:
 def test_ui_pages_token_labels_undo_live_and_journal(tmp_path, make_video) -> None:
     video = labelled_clip(tmp_path, make_video)
     out = tmp_path / "out"
-    run = Run(out, *FAST, *learning_args(video, "--set", "ui.undo_s=1.5"))
+    run = Run(out, *FAST, *learning_args(video, "--set", "ui.undo_s=1.5", "--set", "ui.max_viewers=3"))
     try:
         url = ui_url(run)
         token = (out / "ui-token").read_text().strip()
@@ -124,6 +124,16 @@ def test_ui_pages_token_labels_undo_live_and_journal(tmp_path, make_video) -> No
                     seqs.append(event["seq"])
                 if len(set(seqs)) >= 2:
                     break
+        # viewers past ui.max_viewers are told to come back later; ones that vanish are let go
+        streams = [urllib.request.urlopen(url + "/api/live/events", timeout=30) for _ in range(3)]
+        for s in streams:
+            assert s.readline().startswith(b"retry:")
+        code, _, body = request(url + "/api/live/events")
+        assert code == 503 and b"ui.max_viewers" in body
+        for s in streams:
+            s.close()  # mid-stream, as a closed browser tab does
+        wait_for(lambda: "remembrall_ui_viewers 0.0" in run.scrape()[1], timeout=30, what="viewers let go")
+        assert len(urllib.request.urlopen(url + "/api/live/events", timeout=30).readline()) > 0  # room again
         overview = json.loads(request(url + "/api/overview")[2])
         assert overview["streams"][0]["id"] == "cam0" and overview["labels_used"] >= 4
         assert {s["name"] for s in overview["stages"]} >= {"infer", "label", "buffer", "retrain", "sink"}

@@ -200,6 +200,19 @@ class LabelDesk:
             m.UI_LABELS.labels("sent").inc()
         return sent
 
+    def _draining(self) -> bool:
+        """Whether the run has begun to stop (the supervisor's status file says so)."""
+        try:
+            return bool(json.loads((self.sock_dir / "status.json").read_text(encoding="utf-8")).get("stopping"))
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def _run(self) -> None:
+        last_check = 0.0
+        draining = False
         while not self._stop.wait(0.2):
-            self.flush()
+            if not draining and time.monotonic() - last_check >= 1.0:
+                last_check = time.monotonic()
+                draining = self._draining()
+            # once the run drains, labels go in at once: the label stage is still there to take them
+            self.flush(everything=draining)
