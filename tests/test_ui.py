@@ -180,7 +180,7 @@ def test_the_live_view_of_a_text_stream_shows_its_newest_lines(tmp_path) -> None
                 line = raw.decode().strip()
                 if line.startswith("data: {") and '"stream"' in line:
                     event = json.loads(line[6:])
-                    assert "jpeg" not in event and event["pred"] is not None
+                    assert "jpeg" not in event and "model_version" in event  # text.yaml starts cold: pred may be None
                     texts.append(event["text"])
                 if len(set(texts)) >= 2:
                     break
