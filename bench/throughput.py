@@ -8,6 +8,8 @@ Measured in one run, warm-up excluded, on ``builtin:vtest`` (opencv-doc's vtest.
 - ``decode_fps``: ``open_source`` with the pipeline's decode config (resize in the decoder), alone.
 - ``infer_fps``: ``VisionBackbone.embed`` + base head + softmax/entropy/top-k on batches of
   ``infer.batch_size`` frames already decoded in memory: the ceiling of the slowest stage.
+- ``onnxruntime_infer_fps``: the same with ``infer.backend: onnxruntime`` (the backbone exported
+  to ONNX and run on ONNX Runtime's CPU provider; heads in PyTorch), and ``onnxruntime_speedup``.
 - ``pipeline_fps``: ``remembrall run`` as a subprocess on the same video and config. Timed at the
   sink: the benchmark tails ``predictions.jsonl`` (flushed every ``sink.flush_every`` lines and at
   end of stream) and divides the predictions written between the first flush and the last line by
@@ -147,11 +149,11 @@ def infer_bench(cfg: Any) -> Callable[[float], Rate]:
     (what ``InferStage._process`` computes per batch) for a given number of seconds."""
     import torch
 
-    from remembrall.models.backbone import VisionBackbone
+    from remembrall.models.modality import VisionModality
     from remembrall.stages.infer import entropy
 
     icfg = cfg.infer
-    backbone = VisionBackbone(icfg.device, icfg.half, icfg.image_size, icfg.threads)
+    backbone = VisionModality(cfg).encoder  # PyTorch or ONNX Runtime, as infer.backend says
     head, _meta = backbone.imagenet_head()
     head = head.to(backbone.device)
     size = icfg.batch_size
@@ -434,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, help="length of each measurement (default 5, smoke 0.5)")
     p.add_argument("--rounds", type=int, help="alternating transport rounds (default 3, smoke 1)")
     p.add_argument("--skip", action="append", default=[],
-                   choices=["transport", "decode", "infer", "pipeline", "ui"])
+                   choices=["transport", "decode", "infer", "pipeline", "ui", "onnxruntime"])
     p.add_argument("--viewers", type=int, default=10, help="live-view clients for pipeline_fps_ui_watched")
     p.add_argument("--ui-rounds", type=int, default=3,
                    help="plain/watched pipeline run pairs for ui_watched_ratio (median of the pairs' ratios)")
@@ -492,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
             res["infer_threads"] = torch.get_num_threads()
             infer_runs.append(measure_infer(seconds * 2))
             infer_load = [loadavg_1m()]
+            if cfg.infer.backend != "onnxruntime" and "onnxruntime" not in args.skip:
+                ort_cfg = replace(cfg, infer=replace(cfg.infer, backend="onnxruntime"))
+                res["onnxruntime_infer_fps"] = infer_bench(ort_cfg)(seconds * 2).per_s
+                res["onnxruntime_speedup"] = res["onnxruntime_infer_fps"] / infer_runs[0].per_s
         if "pipeline" not in args.skip:
             res["loadavg_1m"]["pipeline"] = loadavg_1m()
             run = bench_pipeline(args.config, video, sets, tmp, timeout=120 if args.smoke else 900)
@@ -527,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
                 res["pipeline_efficiency"] = res["pipeline_fps"] / min(res["decode_fps"], res["infer_fps"])
     res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json(args.json, res)
-    rows = [(k, res[k]) for k in ("decode_fps", "infer_fps", "pipeline_fps", "pipeline_fps_ui_watched",
+    rows = [(k, res[k]) for k in ("decode_fps", "infer_fps", "onnxruntime_infer_fps", "pipeline_fps",
+                                  "pipeline_fps_ui_watched",
                                   "ui_watched_ratio", "pipeline_efficiency",
                                   "transport_fps", "raw_zmq_fps", "transport_efficiency") if k in res]
     rows.append(("loadavg (1/5/15 min, start)", " ".join(map(str, res["machine"]["loadavg"]))))

@@ -155,6 +155,14 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``remembrall export``: the served vision model as ONNX."""
+    from remembrall.commands.export import export_main
+
+    cfg = load_config(resolve(args.config) if args.config else None, parse_overrides(args.set or []))
+    return export_main(cfg, args)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``remembrall report OUT [--html FILE]``: the Learning page of a run as one HTML file."""
     from remembrall.commands.report import report_main
@@ -227,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     back = verbs.add_parser("rollback", help="serve the previous specialized model again")
     back.add_argument("--to-version", type=int)
     ctl.set_defaults(func=cmd_ctl)
+
+    export = sub.add_parser("export", help="the served vision model (backbone + head, and the head alone) as ONNX")
+    export.add_argument("--out", required=True, help="the run's output directory")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--version", type=int, help="head version (default: the one serving, else the newest)")
+    export.add_argument("--dest", help="folder for the files (default: OUT/export/vision-vN)")
+    export.add_argument("--config", help="the run's config (its infer.image_size is the model's input size)")
+    export.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    export.set_defaults(func=cmd_export)
 
     report = sub.add_parser("report", help="a run's Learning page (accuracy, models, labels, runs) as one HTML file")
     report.add_argument("out_dir", metavar="OUT", help="the run's output directory")

@@ -86,7 +86,6 @@ def report_main(out: str, html_path: str | None) -> int:
         return 2
     target = Path(html_path) if html_path else run / "report.html"
     atomic_write_bytes(target, render_html(summary, str(run.resolve())).encode("utf-8"))
-    target.chmod(0o644)  # made to be shared
     print(text_summary(summary))
     print(f"report: {target}")
     return 0

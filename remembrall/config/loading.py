@@ -199,6 +199,9 @@ def _check_semantics(cfg: Config, label: str) -> None:
             raise ConfigError(f"{label}: sources[{i}].reconnect_max_s must be >= reconnect_initial_s")
     if (cfg.decode.width is None) != (cfg.decode.height is None):
         raise ConfigError(f"{label}: decode.width and decode.height must be set together")
+    if cfg.infer.backend == "onnxruntime" and cfg.infer.device not in ("auto", "cpu"):
+        raise ConfigError(f"{label}: infer.backend onnxruntime runs on the CPU; set infer.device: cpu (or auto), "
+                          f"or infer.backend: torch for {cfg.infer.device}")
     if cfg.ui.enabled and not cfg.ui.allow_remote and not is_loopback_host(cfg.ui.host):
         raise ConfigError(f"{label}: ui.host {cfg.ui.host!r} is not a loopback address: the UI takes labels and "
                           "control commands, so serving it to the network needs ui.allow_remote: true")

@@ -40,6 +40,8 @@ class DecodeConfig:
 @dataclass
 class InferConfig:
     backbone: Literal["efficientnet-lite0"] = "efficientnet-lite0"
+    #: onnxruntime: the vision backbone on ONNX Runtime's CPU provider (heads stay PyTorch)
+    backend: Literal["torch", "onnxruntime"] = "torch"
     device: str = "auto"
     half: Literal["auto", "yes", "no"] = "auto"
     batch_size: int = setting(16, min=1, max=1024)

@@ -63,7 +63,12 @@ class VisionModality:
         from remembrall.models.backbone import VisionBackbone
 
         icfg = cfg.infer
-        self.encoder = VisionBackbone(icfg.device, icfg.half, icfg.image_size, icfg.threads)
+        if icfg.backend == "onnxruntime":
+            from remembrall.models.onnx_backbone import OnnxVisionBackbone
+
+            self.encoder: VisionBackbone | OnnxVisionBackbone = OnnxVisionBackbone(icfg.image_size, icfg.threads)
+        else:
+            self.encoder = VisionBackbone(icfg.device, icfg.half, icfg.image_size, icfg.threads)
         self.dim = self.encoder.dim
         self.device = self.encoder.device
 

@@ -53,7 +53,8 @@ class InferStage(Stage):
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
         icfg = self.cfg.infer
-        self.device = resolve_device(icfg.device)
+        # ONNX Runtime's backbone runs on the CPU provider: the heads live beside its embeddings
+        self.device = torch.device("cpu") if icfg.backend == "onnxruntime" else resolve_device(icfg.device)
         if icfg.threads > 0:
             torch.set_num_threads(icfg.threads)
         names = list(spec.params.get("modalities", ["vision"]))

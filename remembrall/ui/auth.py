@@ -34,8 +34,7 @@ def make_token(out_dir: str | os.PathLike[str]) -> str:
     """A fresh token, stored in ``OUT/ui-token`` (mode 0600, written atomically)."""
     token = secrets.token_urlsafe(24)
     path = Path(out_dir) / TOKEN_FILE
-    atomic_write_bytes(path, (token + "\n").encode())
-    os.chmod(path, 0o600)
+    atomic_write_bytes(path, (token + "\n").encode(), mode=0o600)
     return token
 
 
