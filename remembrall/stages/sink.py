@@ -39,6 +39,17 @@ def prediction_record(msg: Message) -> dict[str, Any]:
     return rec
 
 
+def prediction_problem(msg: Message, streams: list[str]) -> str | None:
+    """Why a ``prediction`` message cannot be written (a drop reason), or None when it can."""
+    if msg.stream not in streams:
+        return "unknown_stream"
+    fields = msg.fields
+    if msg.seq < 0 or not isinstance(fields.get("id"), str) or not isinstance(fields.get("top"), list) \
+            or not isinstance(fields.get("model_version"), int) or "pred" not in fields:
+        return "bad_prediction"
+    return None
+
+
 class SinkStage(Stage):
     type = "sink"
 
@@ -64,6 +75,11 @@ class SinkStage(Stage):
                 if msg.kind not in ("eos", "prediction"):
                     m.DROPPED.labels(self.name, msg.stream, "unexpected_kind").inc()
                     continue
+                if msg.kind == "prediction":
+                    problem = prediction_problem(msg, self.spec.streams)
+                    if problem is not None:
+                        m.DROPPED.labels(self.name, msg.stream if problem != "unknown_stream" else "", problem).inc()
+                        continue
                 ends.seen(msg)
                 if msg.kind == "eos":
                     if ends.all_ended():
