@@ -20,6 +20,8 @@ Measured in one run, warm-up excluded, on ``builtin:vtest`` (opencv-doc's vtest.
   it over a plain run just before it, the median over ``--ui-rounds`` (3) such pairs (target
   ≥ 0.95: the UI must not slow the pipeline). The viewers run in the benchmark's own process, on
   the same cores: a browser on another machine costs the device less.
+- ``stage_cpu_ms_per_item`` and ``stage_rss_bytes`` (maps by stage, the supervisor included):
+  CPU milliseconds per item each process used over the pipeline run, and its peak resident memory.
 - ``transport_fps`` / ``raw_zmq_fps``: 1920×1080×3 uint8 frames between two processes over
   PUSH/PULL ``ipc://``: ours through ``Stage.send``/``Stage.recv`` (encode + validate + decode),
   raw pyzmq as in its ``send_array`` example (JSON metadata + zero-copy buffer). Same HWM and
@@ -52,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import Rate, loadavg_1m, machine, measure_rate, print_table, write_json
+from remembrall.monitoring.process_cost import rss_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSPORT_SHAPE = (1080, 1920, 3)
@@ -226,6 +229,7 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
     preds = out / "predictions.jsonl"
     samples: list[tuple[float, int]] = []
     cpu: dict[str, float] = {}
+    rss: dict[str, int] = {}
     stage_pids: dict[str, int] = {}
     watching: list[LiveViewer] = []
     lines, offset = 0, 0
@@ -253,6 +257,9 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
                     c = _cpu_seconds(pid)
                     if c is not None:
                         cpu[name] = c
+                    r = rss_bytes(pid)
+                    if r is not None:
+                        rss[name] = max(rss.get(name, 0), r)
                 if preds.exists():
                     with preds.open("rb") as fh:
                         fh.seek(offset)
@@ -286,6 +293,7 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
         "startup_s": round(first_output, 3),
         "wall_s": round(wall, 3),
         "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+        "rss_bytes": rss,
         "command": " ".join(cmd),
         **({"viewers": len(watching), "viewer_events": [v.events for v in watching],
             "viewer_errors": [v.error for v in watching if v.error]} if viewers else {}),
@@ -529,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
         if "pipeline_fps" in res:
             run = res["pipeline"]
             run["cpu_ms_per_frame"] = {k: round(1000 * v / run["frames"], 2) for k, v in run["cpu_s"].items()}
+            # by stage name ("infer (infer)" -> "infer"): what each stage costs per item, and its peak RSS
+            res["stage_cpu_ms_per_item"] = {k.split(" (")[0]: v for k, v in run["cpu_ms_per_frame"].items()}
+            res["stage_rss_bytes"] = {k.split(" (")[0]: v for k, v in run["rss_bytes"].items()}
             if "decode_fps" in res and "infer_fps" in res:
                 res["pipeline_efficiency"] = res["pipeline_fps"] / min(res["decode_fps"], res["infer_fps"])
     res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -537,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "pipeline_fps_ui_watched",
                                   "ui_watched_ratio", "pipeline_efficiency",
                                   "transport_fps", "raw_zmq_fps", "transport_efficiency") if k in res]
+    for stage, ms in res.get("stage_cpu_ms_per_item", {}).items():
+        rows.append((f"{stage}: CPU ms per item, peak RSS MiB",
+                     f"{ms} ms, {res['stage_rss_bytes'].get(stage, 0) / 2**20:.0f} MiB"))
     rows.append(("loadavg (1/5/15 min, start)", " ".join(map(str, res["machine"]["loadavg"]))))
     print_table(rows, header=("measure", "value"))
     print(f"written to {args.json}")

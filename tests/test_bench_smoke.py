@@ -27,6 +27,9 @@ def test_throughput_smoke(tmp_path: Path) -> None:
     assert res["pipeline"]["frames"] == 24
     assert res["pipeline"]["timed_frames"] > 0 and res["pipeline"]["timed_s"] > 0
     assert {"supervisor"} < set(res["pipeline"]["cpu_s"])
+    assert {"supervisor", "infer", "decode-cam0", "sink"} <= set(res["stage_cpu_ms_per_item"])
+    assert all(v > 0 for v in res["stage_rss_bytes"].values()) and set(res["stage_rss_bytes"]) == set(
+        res["stage_cpu_ms_per_item"])
     # the same run with ten clients holding the UI's live view open
     assert res["pipeline_ui_watched"]["frames"] == 24 and res["pipeline_ui_watched"]["viewers"] == 10
     assert res["pipeline_ui_watched"]["viewer_errors"] == []

@@ -182,6 +182,21 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]
          "large the zoo grows. Needs: retrain.",
          [q(f"max by (modality) (remembrall_device_memory_bytes{{{S}}})", "{{modality}}")], 12),
     ]),
+    ("Cost", [
+        ("CPU per item", "timeseries", "ms",
+         "CPU milliseconds each stage spends per item it handles (user + system, all its threads): where "
+         "the device's cores go.",
+         [q(f"1000 * sum by (stage) (rate(remembrall_stage_cpu_seconds_total{{{S}}}[{RI}])) / "
+            f"sum by (stage) (rate(remembrall_frames_total{{{S}}}[{RI}]))", "{{stage}}")], 8),
+        ("Stage memory", "timeseries", "bytes",
+         "Resident memory of each stage process (and the supervisor, which serves metrics and the UI); a "
+         "line that only climbs is a leak.",
+         [q(f"max by (stage) (remembrall_stage_rss_bytes{{{S}}})", "{{stage}}")], 8),
+        ("Model bytes", "timeseries", "bytes",
+         "What the models occupy in infer: the backbone's weights, the heads it holds, the episodic memory "
+         "and the zoo's index.",
+         [q("max by (part) (remembrall_model_bytes)", "{{part}}")], 8),
+    ]),
     ("Health", [
         ("Stage up", "state-timeline", "none",
          "1 while a stage process runs (set by the supervisor).",

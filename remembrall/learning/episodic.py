@@ -376,6 +376,10 @@ class EpisodicMemory:
         """Bytes the memory holds on an accelerator (0 on CPU)."""
         return self._search.device_bytes()
 
+    def nbytes(self) -> int:
+        """Bytes the memory's arrays take in host memory (its full capacity, allocated up front)."""
+        return sum(a.nbytes for a in (self.keys, self.labels, self.norms, self.surprise, self.written, self.ts))
+
     # ------------------------------------------------------------------ persistence
     def to_bytes(self) -> bytes:
         n = self.n

@@ -42,7 +42,7 @@ class OnnxVisionBackbone:
                                "pip install 'remembrall-stream[onnx]'") from None
         self.device = torch.device("cpu")
         self.image_size = image_size
-        path = cache_dir() / f"efficientnet-lite0-embedder-{image_size}px-opset{OPSET}.onnx"
+        self.path = path = cache_dir() / f"efficientnet-lite0-embedder-{image_size}px-opset{OPSET}.onnx"
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -150,3 +150,15 @@ UI_LABELS = Counter(
 UI_LIVE_FRAMES = Counter(
     "remembrall_ui_live_frames", "Preview frames the UI received from infer's side channel.", ["stream"],
 )
+
+# ---------------------------------------------------------------------------- cost
+STAGE_CPU = Counter(
+    "remembrall_stage_cpu_seconds", "CPU seconds a stage process used (user + system, all threads).", ["stage"],
+)
+STAGE_RSS = Gauge(
+    "remembrall_stage_rss_bytes", "Resident memory of a stage process.", ["stage"], multiprocess_mode="livemax",
+)
+MODEL_BYTES = Gauge(
+    "remembrall_model_bytes", "Bytes the models occupy in infer, by part (backbone, heads, memory, zoo_index).",
+    ["stage", "part"], multiprocess_mode="livemax",
+)

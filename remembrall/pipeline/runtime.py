@@ -26,6 +26,7 @@ from remembrall.config import Config, config_from_plain
 from remembrall.io.endpoints import open_socket
 from remembrall.monitoring import metrics as m
 from remembrall.monitoring.journal import Journal
+from remembrall.monitoring.process_cost import ProcessCost
 from remembrall.pipeline.lifeline import PARENT_DEATH_SIGNAL, Lifeline
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
 
@@ -93,6 +94,8 @@ class Stage:
         self._drain_timeouts = 0
         #: what happened when, for the Learning page and ``remembrall report`` (OUT/events.jsonl)
         self.journal = Journal(spec.out_dir or None, spec.name)
+        self.cost = ProcessCost(spec.name)  # CPU seconds and RSS of this process, as metrics
+        self.cost.start()
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -151,6 +154,7 @@ class Stage:
         Without the explicit ``term()`` the process would exit with messages still queued in
         ZeroMQ's I/O thread, silently losing the tail of a file run. An orphan waits for nobody.
         """
+        self.cost.stop()
         linger = 0 if self.orphaned else None
         for sock in self._sockets.values():
             sock.close(linger=linger)

@@ -318,6 +318,10 @@ class Supervisor:
                 predictions.rename(kept)
         self._write_specs()
         self._start_metrics()
+        from remembrall.monitoring.process_cost import ProcessCost
+
+        cost = ProcessCost("supervisor")  # the supervisor and what it serves (metrics, UI)
+        cost.start()
         for service in self.services:
             service.start()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -374,6 +378,7 @@ class Supervisor:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            cost.stop()
             self._kill_leftovers()
             self._write_status()
             for service in self.services:

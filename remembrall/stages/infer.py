@@ -47,6 +47,15 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
 
 
+def encoder_bytes(encoder: Any) -> int:
+    """Bytes an encoder's weights take: its parameters and buffers (PyTorch), or its ONNX file."""
+    net = getattr(encoder, "net", None) or getattr(encoder, "model", None)
+    if isinstance(net, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in list(net.parameters()) + list(net.buffers()))
+    path = getattr(encoder, "path", None)
+    return Path(path).stat().st_size if path is not None and Path(path).exists() else 0
+
+
 class InferStage(Stage):
     type = "infer"
 
@@ -240,11 +249,18 @@ class InferStage(Stage):
                 self.memory.prune(req.modality, served)
 
     def _device_gauges(self) -> None:
+        parts = {"backbone": sum(encoder_bytes(mod.encoder) for mod in self.modalities.values()),
+                 "heads": 0, "memory": 0, "zoo_index": 0}
         for modality in self.modalities:
-            nbytes = self.heads.device_bytes(modality)
-            if self.memory is not None:
-                nbytes += self.memory.memories[modality].device_bytes()
-            m.DEVICE_MEMORY_BYTES.labels(self.name, modality).set(nbytes)
+            heads = self.heads.device_bytes(modality)
+            memory = self.memory.memories[modality].device_bytes() if self.memory is not None else 0
+            m.DEVICE_MEMORY_BYTES.labels(self.name, modality).set(heads + memory)
+            parts["heads"] += heads
+            parts["memory"] += self.memory.memories[modality].nbytes() if self.memory is not None else 0
+        if self.router is not None:
+            parts["zoo_index"] = self.router.index_bytes()
+        for part, nbytes in parts.items():
+            m.MODEL_BYTES.labels(self.name, part).set(nbytes)
 
     # ------------------------------------------------------------------ control
     def _control(self, msg: Message) -> None:

@@ -183,6 +183,10 @@ class ZooRouter:
             m.ZOO_RECALLS.labels(stage, k)
             m.ZOO_RECALL_HITS.labels(stage, k)
 
+    def index_bytes(self) -> int:
+        """Host bytes of every zoo's index (the keys a recall lookup scans)."""
+        return sum(zoo.index_bytes for zoo in self.zoos.values())
+
     def _gauges(self, modality: str) -> None:
         m.ZOO_SIZE.labels(self.stage, modality).set(len(self.zoos[modality]))
         m.ZOO_RESIDENT.labels(self.stage, modality).set(len(self.heads.resident_versions(modality)))
