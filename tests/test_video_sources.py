@@ -115,6 +115,21 @@ def test_max_fps_drops_by_pts(tmp_path: Path, make_video) -> None:
     assert [f.index for f in frames] == list(range(len(frames)))
 
 
+def test_realtime_plays_a_file_at_its_frame_rate(tmp_path: Path, make_video) -> None:
+    import time
+
+    path = make_video(tmp_path / "clip.mp4", frames=30, fps=25)  # 1.2 s of video
+    t0 = time.monotonic()
+    fast = read_all(path, 16, 16)
+    t1 = time.monotonic()
+    paced = read_all(path, 16, 16, realtime=True)
+    t2 = time.monotonic()
+    assert len(fast) == len(paced) == 30
+    assert 1.1 <= t2 - t1 <= 3.0 and t1 - t0 < t2 - t1  # 29 periods of 40 ms, nothing dropped
+    halved = read_all(path, 16, 16, realtime=True, max_fps=12.5)
+    assert len(halved) == 15
+
+
 def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no such file"):
         open_source(SourceConfig(uri=str(tmp_path / "nope.mp4")), None, None)

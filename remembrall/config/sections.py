@@ -26,6 +26,8 @@ class SourceConfig:
     max_reconnects: int = setting(0, min=0, help="0 retries forever")
     loop: int = setting(1, min=0, help="times to play a file; 0 loops forever")
     max_fps: float | None = setting(None, min=0.01)
+    #: play a file (or manifest) at its frame rate (max_fps if set), as a camera would deliver it
+    realtime: bool = False
     labels: str | None = None
 
 

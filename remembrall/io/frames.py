@@ -100,6 +100,23 @@ class _RateLimiter:
         return True
 
 
+class _Pacer:
+    """Holds frames to wall-clock time, one every ``period`` seconds (``ffmpeg -re``): a file played
+    as a camera would deliver it. Falling behind by more than a second restarts the clock, so a
+    stall is not followed by a burst."""
+
+    def __init__(self) -> None:
+        self.next: float | None = None
+
+    def wait(self, period: float, stopped: Callable[[], bool]) -> None:
+        now = time.monotonic()
+        if self.next is None or now - self.next > 1.0:
+            self.next = now
+        while not stopped() and (delay := self.next - time.monotonic()) > 0:
+            time.sleep(min(delay, 0.1))
+        self.next += period
+
+
 class ErrorCounter:
     """Counts undecodable packets (all and consecutive) and reports them to the stats sink."""
 
@@ -174,6 +191,7 @@ class FrameSource:
         should_stop: Callable[[], bool] = lambda: False,
         max_fps: float | None = None,
         max_decode_errors: int = 100,
+        realtime: bool = False,
     ) -> None:
         self.uri = uri
         self.live = live
@@ -185,6 +203,8 @@ class FrameSource:
         self.max_decode_errors = max_decode_errors
         self.fps: float | None = None
         self._rate = _RateLimiter(max_fps)
+        self._max_fps = max_fps
+        self._pacer = _Pacer() if realtime else None
         self._index = 0
         self._closed = False
         self._containers: set[Any] = set()
@@ -209,6 +229,8 @@ class FrameSource:
                     return
                 if not self._rate.keep(frame.pts):
                     continue
+                if self._pacer is not None:
+                    self._pacer.wait(1.0 / (self._max_fps or self.fps or 25.0), self._stopped)
                 frame.index = self._index
                 self._index += 1
                 yield frame

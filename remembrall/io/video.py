@@ -272,7 +272,7 @@ def open_source(
         raise SourceError("source uri is empty: set sources[].uri to a path, rtsp://, http(s)://, /dev/videoN or builtin:NAME")
     common: dict[str, Any] = dict(
         width=width, height=height, threads=threads, stats=stats, should_stop=should_stop,
-        max_fps=cfg.max_fps, max_decode_errors=max_decode_errors,
+        max_fps=cfg.max_fps, max_decode_errors=max_decode_errors, realtime=cfg.realtime,
     )
     timeout = float(cfg.timeout_s)
     net_timeout_us = str(int(timeout * 1e6))
