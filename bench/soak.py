@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 20.0 if args.smoke else args.minutes * 60
     interval = args.interval or (1.0 if args.smoke else 10.0)
     work = args.work or Path(tempfile.mkdtemp(prefix="rb-soak-"))
+    work.mkdir(parents=True, exist_ok=True)
     out = work / "out"
     cmd = [sys.executable, "-m", "remembrall", "run", "demo", "--out", str(out), "--metrics-port", "0",
            "--ui-port", "0", "--duration", str(seconds), "--set", "sources.0.loop=0",
