@@ -59,3 +59,5 @@ def setup_logging(level: str = "info", component: str = "remembrall", json_logs:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # faiss logs each CPU-specific build it fails to load at INFO: noise in every stage's log
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)

@@ -92,6 +92,9 @@ class TransportConfig:
     hwm: int = setting(16, min=1, help="messages queued per socket before backpressure (drop for live, block for files)")
     max_message_bytes: int = setting(64 << 20, min=1024)
     allow_remote: bool = False
+    at_least_once: bool = setting(True, help="finite sources and the label stage keep what they handed on until "
+                                  "it is written, and send it again when a stage on the way restarts")
+    window: int = setting(128, min=1, max=65536, help="items a producer holds unacknowledged before it waits")
 
 
 @dataclass

@@ -162,3 +162,13 @@ MODEL_BYTES = Gauge(
     "remembrall_model_bytes", "Bytes the models occupy in infer, by part (backbone, heads, memory, zoo_index).",
     ["stage", "part"], multiprocess_mode="livemax",
 )
+
+# ---------------------------------------------------------------------------- delivery
+RESENT = Counter(
+    "remembrall_resent", "Items a producer handed on again because a stage on the way restarted "
+    "(at-least-once delivery; the receiver writes each once).", ["stage", "stream"],
+)
+UNACKED = Gauge(
+    "remembrall_unacked", "Items a producer handed on that are not acknowledged yet.", ["stage", "stream"],
+    multiprocess_mode="livesum",
+)

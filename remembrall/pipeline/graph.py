@@ -27,6 +27,11 @@ def _ipc(run_dir: Path, name: str) -> str:
     return f"ipc://{path}"
 
 
+def restarts_address(run_dir: Path) -> str:
+    """Where the supervisor publishes every stage's restart count (``stages`` messages)."""
+    return _ipc(run_dir, "stages")
+
+
 def build_graph(cfg: Config, run_dir: Path, out_dir: Path) -> list[StageSpec]:
     """Return the stage specs of the whole pipeline, sources last (they start last)."""
     plain = config_to_dict(cfg)
@@ -73,14 +78,28 @@ def build_graph(cfg: Config, run_dir: Path, out_dir: Path) -> list[StageSpec]:
     if cfg.learn and cfg.label.labeler == "external":
         # human labels come back over this socket (or as files in label.external_dir/labels/)
         next(s for s in specs if s.name == "label").inputs["labels"] = f"pull+bind:{_ipc(run_dir, 'label.labels')}"
+    at_least_once = cfg.transport.at_least_once
+    if at_least_once:  # the sink acknowledges what it wrote; finite sources re-send what it did not
+        specs[0].outputs["acks"] = f"pub+bind:{_ipc(run_dir, 'sink.acks')}"
+    if at_least_once and cfg.learn:  # the buffer acknowledges saved labels to the label stage
+        label = next(s for s in specs if s.name == "label")
+        label.inputs.update(acks=f"sub+connect:{_ipc(run_dir, 'buffer.acks')}",
+                            restarts=f"sub+connect:{restarts_address(run_dir)}")
+        label.params["resend_on"] = ["buffer"]
+        next(s for s in specs if s.name == "buffer").outputs["acks"] = f"pub+bind:{_ipc(run_dir, 'buffer.acks')}"
     if cfg.ui.enabled:  # the live view's side channel: infer sends only while a browser watches
         infer_outputs["preview"] = f"xpub+bind:{_ipc(run_dir, 'preview')}"
     specs.append(spec("infer", "infer", inputs=infer_inputs, outputs=infer_outputs, streams=streams,
                       params={"modalities": sorted(set(modalities.values()))}))
     for src in cfg.sources:
         type_ = "text_decode" if modalities[src.id] == "text" else "decode"
-        specs.append(spec(f"{'text' if type_ == 'text_decode' else 'decode'}-{src.id}", type_,
-                          outputs={"out": f"push+connect:{infer_in}"}, streams=[src.id]))
+        source = spec(f"{'text' if type_ == 'text_decode' else 'decode'}-{src.id}", type_,
+                      outputs={"out": f"push+connect:{infer_in}"}, streams=[src.id])
+        if at_least_once:  # used only when the source turns out finite (files, manifests)
+            source.inputs.update(acks=f"sub+connect:{_ipc(run_dir, 'sink.acks')}",
+                                 restarts=f"sub+connect:{restarts_address(run_dir)}")
+            source.params["resend_on"] = ["infer", "sink"]
+        specs.append(source)
     return specs
 
 

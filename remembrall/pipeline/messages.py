@@ -40,6 +40,8 @@ KINDS = frozenset(
         "forget",  # remove a stream's memories, samples and own specialists
         "control",  # other control traffic
         "preview",  # infer's live side channel for the UI (fields: pred, top, ...; arrays: [frame])
+        "ack",  # what a receiver made durable (fields: through + above, or ids); PROTOCOL.md §10
+        "stages",  # the supervisor's restart count of every stage (fields: restarts)
     }
 )
 

@@ -146,7 +146,12 @@ class Stage:
         release = Path(self.spec.release_file)
         deadline = time.monotonic() + self.cfg.supervisor.drain_timeout_s
         while not release.exists() and time.monotonic() < deadline and not self.orphaned:
-            time.sleep(0.05)
+            self.while_released_waits(0.05)
+
+    def while_released_waits(self, seconds: float) -> None:
+        """What a finished stage does while it waits for its release: nothing, by default; a
+        producer with at-least-once delivery answers restarts (sends its ``eos`` again)."""
+        time.sleep(seconds)
 
     def close(self) -> None:
         """Close every socket, then wait (up to each socket's linger) for queued messages to leave.
@@ -218,6 +223,10 @@ class Stage:
             if drain_deadline is not None and now >= drain_deadline:
                 self._count_drain_timeout(msg)
                 return False
+
+    def past_drain_deadline(self) -> bool:
+        deadline = self._drain_deadline()
+        return deadline is not None and time.monotonic() >= deadline
 
     def _drain_deadline(self) -> float | None:
         """When a stopping stage stops waiting for its consumers; None while not stopping."""

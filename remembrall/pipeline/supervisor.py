@@ -29,10 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import zmq
+
 from remembrall.atomic import atomic_write_bytes
 from remembrall.config import Config
-from remembrall.pipeline.graph import build_graph, data_consumers, source_stage_names
+from remembrall.pipeline.delivery import restarts_message
+from remembrall.pipeline.graph import build_graph, data_consumers, restarts_address, source_stage_names
 from remembrall.pipeline.lifeline import die_with_parent
+from remembrall.pipeline.messages import encode_message
 from remembrall.pipeline.runtime import EXIT_BAD_SOURCE, StageSpec
 
 log = logging.getLogger(__name__)
@@ -91,6 +95,8 @@ class Supervisor:
         self.server = None
         self._frames_seen: dict[str, tuple[float, float]] = {}
         self.started = time.time()
+        self._restarts_pub: Any = None
+        self._restarts_sent = 0.0
 
     # ------------------------------------------------------------------ setup
     def _write_specs(self) -> None:
@@ -161,8 +167,37 @@ class Supervisor:
                     sys.stderr.buffer.write(line)
 
     def _finished_streams(self) -> list[str]:
+        """Streams whose source is done (it sent its end-of-stream, and with at-least-once
+        delivery everything it sent was acknowledged): a restarted stage does not wait for them."""
         return sorted(stream for name, stream in self.source_names.items()
-                      if self.stages[name].state in ("finished", "failed"))
+                      if self.stages[name].state in ("finished", "failed")
+                      or (self.stages[name].state == "running" and Path(self.stages[name].spec.done_file).exists()))
+
+    def _open_restarts(self) -> None:
+        """The PUB socket on which producers with at-least-once delivery learn of restarts."""
+        self._zmq = zmq.Context()
+        self._restarts_pub = self._zmq.socket(zmq.PUB)
+        self._restarts_pub.setsockopt(zmq.LINGER, 0)
+        self._restarts_pub.setsockopt(zmq.SNDHWM, 16)
+        (self.sock_dir / "sockets").mkdir(parents=True, exist_ok=True)
+        self._restarts_pub.bind(restarts_address(self.sock_dir))
+
+    def _publish_restarts(self, force: bool = False) -> None:
+        """Every stage's restart count, every half second and at once after a restart."""
+        if self._restarts_pub is None or not (force or time.monotonic() - self._restarts_sent >= 0.5):
+            return
+        msg = restarts_message({n: sp.restarts for n, sp in self.stages.items()})
+        try:
+            self._restarts_pub.send_multipart(encode_message(msg), flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.debug("cannot publish restart counts: %s", exc)
+        self._restarts_sent = time.monotonic()
+
+    def _close_restarts(self) -> None:
+        if self._restarts_pub is not None:
+            self._restarts_pub.close(0)
+            self._zmq.term()
+            self._restarts_pub = None
 
     def _on_exit(self, sp: StageProcess, rc: int) -> None:
         from prometheus_client import multiprocess
@@ -210,6 +245,7 @@ class Supervisor:
         sp.restarts += 1
         m.STAGE_RESTARTS.labels(sp.spec.name).inc()
         self._spawn(sp)
+        self._publish_restarts(force=True)
 
     def _signal_stages(self, names: list[str], sig: int) -> None:
         for name in names:
@@ -317,6 +353,8 @@ class Supervisor:
             if not kept.exists():
                 predictions.rename(kept)
         self._write_specs()
+        if self.cfg.transport.at_least_once:
+            self._open_restarts()
         self._start_metrics()
         from remembrall.monitoring.process_cost import ProcessCost
 
@@ -370,6 +408,7 @@ class Supervisor:
                         self.failed_reason = self.failed_reason or "the pipeline did not drain in time"
                 if all(sp.state in ("finished", "failed") for sp in self.stages.values()):
                     break
+                self._publish_restarts()
                 if now - last_status >= 1.0:
                     self._sample_source_progress()
                     self._write_status()
@@ -380,6 +419,7 @@ class Supervisor:
                 signal.signal(s, h)
             cost.stop()
             self._kill_leftovers()
+            self._close_restarts()
             self._write_status()
             for service in self.services:
                 try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from remembrall.pipeline.stream_ends import StreamEnds
 from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
+
+#: How long after its last ack the buffer keeps repeating the newest acks (once a second).
+ACK_REPEAT_FOR_S = 10.0
 
 
 def buffer_path(cfg: Any, run_dir: str | Path, modality: str = "vision") -> Path:
@@ -47,6 +51,11 @@ class BufferStage(Stage):
         self.saved_at: dict[str, float] = {}
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         self.drops = DropCounter(self.name)
+        #: sample ids added since their memory was last saved: acknowledged to the label stage
+        #: once saved (at-least-once delivery of accepted labels, PROTOCOL.md §10)
+        self.unsaved: dict[str, list[str]] = {}
+        self.recent_acks: deque[str] = deque(maxlen=self.cfg.transport.window)
+        self.acked_at = self.repeated_at = 0.0
         for modality in ("vision", "text"):  # reload what a previous run (or a crash) left
             if buffer_path(self.bcfg, spec.run_dir, modality).exists():
                 self._memory(modality)
@@ -75,22 +84,46 @@ class BufferStage(Stage):
             self.memories[modality].save(buffer_path(self.bcfg, self.spec.run_dir, modality))
             self.dirty[modality] = 0
             self.saved_at[modality] = time.monotonic()
+            self.ack(self.unsaved.pop(modality, []))
+
+    def ack(self, ids: list[str]) -> None:
+        """Tell the label stage these samples are durable (saved, or refused for good)."""
+        ids = [i for i in ids if isinstance(i, str)]
+        if not ids or not self.has("acks") or self.orphaned:
+            return
+        self.recent_acks.extend(ids)
+        self.acked_at = time.monotonic()
+        self.send(self.socket("acks", linger_ms=0), Message("ack", fields={"ids": ids}), block=False)
+
+    def repeat_acks(self) -> None:
+        """Acks travel PUB/SUB: one sent while the label stage (re)connects is lost. Repeat the
+        newest for a while after each, so a restarted peer learns them without a time-out."""
+        now = time.monotonic()
+        if self.recent_acks and now - self.acked_at < ACK_REPEAT_FOR_S and now - self.repeated_at >= 1.0:
+            self.repeated_at = now
+            self.send(self.socket("acks", linger_ms=0), Message("ack", fields={"ids": list(self.recent_acks)}),
+                      block=False)
 
     def handle(self, msg: Message, out: zmq.Socket) -> None:
         try:
             view = check_sample(msg, need_label=True)
         except BadSample as exc:
             self.drops.drop(exc.reason, msg.stream, str(exc))
+            self.ack([msg.get("id")])  # sending it again cannot help
             return
         mem = self._memory(view.modality)
         try:
             split = mem.add(view.id, view.embedding, view.label, msg.stream, msg.ts)
         except ValueError as exc:
             self.drops.drop("bad_sample", msg.stream, f"{view.id}: {exc}")
+            self.ack([view.id])
             return
         if split == "duplicate":
             self.drops.drop("duplicate", msg.stream, f"{view.id} is already in the buffer")
+            if view.id not in self.unsaved.get(view.modality, []):  # saved already
+                self.ack([view.id])
             return
+        self.unsaved.setdefault(view.modality, []).append(view.id)
         self.dirty[view.modality] += 1
         m.FRAMES.labels(self.name, msg.stream).inc()
         m.BUFFER_SIZE.labels(self.name, "").set(len(mem))
@@ -123,6 +156,8 @@ class BufferStage(Stage):
         inp = self.socket("labelled")
         out = self._out()
         ctrl = self.socket("control") if self.has("control") else None
+        if self.has("acks"):  # bound now: the label stage's subscription is in place by the first ack
+            self.socket("acks", linger_ms=0)
         poller = zmq.Poller()
         for sock in (inp, ctrl):
             if sock is not None:
@@ -142,6 +177,8 @@ class BufferStage(Stage):
                             self.handle(msg, out)
                 for modality in self.memories:
                     self.save(modality)
+                if not self.orphaned:
+                    self.repeat_acks()
         finally:
             for modality in self.memories:
                 self.save(modality, force=True)

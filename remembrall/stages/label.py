@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import zmq
 
 from remembrall.learning.labelers import ExternalLabeler, Labeler, Labelled, LabelRequest, make_labeler
 from remembrall.monitoring import metrics as m
+from remembrall.pipeline.delivery import AckedSender, Outbox, RestartWatch
 from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
@@ -62,15 +64,36 @@ class LabelStage(Stage):
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         self.drops = DropCounter(self.name)
         self.sent = 0
+        self.sender: AckedSender | None = None
+        #: accepted labels not yet saved by the buffer, kept on disk: a killed label stage sends
+        #: them again when it starts (at-least-once; the buffer keeps each sample id once)
+        self.outbox = (Outbox(self.cfg.transport.window, Path(spec.run_dir or ".") / "outbox" / "label")
+                       if self.has("acks") else None)
+        if self.outbox is not None and self.outbox.load(lambda msg: msg.get("id")):
+            log.info("%s: %d accepted labels from a previous life were not saved by the buffer yet; "
+                     "sending them again", self.name, len(self.outbox))
 
     def _send_all(self, out: zmq.Socket, answers: list[Labelled], stream: str = "") -> None:
         """Forward labelled samples; rejections since the last call are counted under ``stream``."""
         for answer in answers:
             msg = labelled_message(answer)
-            self.send(out, msg)
+            if self.sender is not None:
+                self.sender.send(msg.get("id"), msg)
+                if msg.get("id") not in self.sender.outbox:  # not kept: the drain deadline passed first
+                    continue
+            else:
+                self.send(out, msg)
+            self.journal.write("accepted", id=msg.get("id"), stream=msg.stream, label=msg.get("label"),
+                               source=msg.get("label_source"))
             self.sent += 1
             m.FRAMES.labels(self.name, msg.stream).inc()
         self.drops.sync(self.labeler.rejected, stream)
+
+    def while_released_waits(self, seconds: float) -> None:
+        if self.sender is None:
+            super().while_released_waits(seconds)
+        else:
+            self.sender.poll(int(seconds * 1000))
 
     def handle(self, msg: Message, out: zmq.Socket) -> None:
         if msg.kind == "label":  # a human's answer arriving on the selected socket is fine too
@@ -93,6 +116,10 @@ class LabelStage(Stage):
         inp = self.socket("selected")
         out = self.socket("labelled")
         labels = self.socket("labels") if self.has("labels") else None
+        if self.outbox is not None:
+            self.sender = AckedSender(self, out, self.socket("acks"), self.socket("restarts"), self.outbox,
+                                      RestartWatch(self.spec.params.get("resend_on", [])))
+            self.sender.resend(["a previous life"], reason="ended early")
         poller = zmq.Poller()
         poller.register(inp, zmq.POLLIN)
         if labels is not None:
@@ -116,13 +143,23 @@ class LabelStage(Stage):
             if time.monotonic() - last_files >= POLL_FILES_S:
                 last_files = time.monotonic()
                 self._send_all(out, self.labeler.poll())
+            if self.sender is not None:
+                self.sender.poll(0)
         if not self.orphaned:  # label files stay where they are for the next run to read
             self._send_all(out, self.labeler.poll())
+        if self.sender is not None and not self.orphaned:
+            left = self.sender.settle(self.cfg.supervisor.drain_timeout_s)
+            if left:  # kept in the outbox: the next run with this output directory sends them
+                log.error("%s: the buffer did not acknowledge %d labels; they stay in %s for the next run",
+                          self.name, len(left), self.outbox.store)
         if isinstance(self.labeler, ExternalLabeler) and self.labeler.pending:
             log.warning("%s: %d exported samples still await a label in %s", self.name,
                         len(self.labeler.pending), self.labeler.dir)
-        for stream in sorted(self.ends.streams):
-            self.send(out, Message("eos", stream=stream), timeout_ms=30_000)
+        eos = [Message("eos", stream=stream) for stream in sorted(self.ends.streams)]
+        if self.sender is not None:
+            self.sender.trailer = eos
+        for msg in eos:
+            self.send(out, msg, timeout_ms=30_000)
         self.labeler.close()
         log.info("%s: labelled %d samples, rejected %s", self.name, self.sent, dict(self.labeler.rejected))
         return 0

@@ -1,8 +1,10 @@
 """The sink stage: predictions out as JSON Lines (a file and/or a ZMQ PUB socket).
 
-It is the end of the graph, so it is where end-to-end latency and sequence gaps (items lost
-inside a crashed stage) are measured. The file is opened for append: a restarted sink keeps
-what its previous life wrote.
+It is the end of the graph, so it is where end-to-end latency is measured and where delivery
+becomes exactly-once: each (stream, seq) is written once, and what is flushed is acknowledged to
+the sources, which send again whatever a crashed stage lost. The file is opened for append: a
+restarted sink keeps what its previous life wrote and knows, from its checkpoint and the lines
+after it, what not to write twice.
 """
 
 from __future__ import annotations
@@ -13,12 +15,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import zmq
+
+from remembrall.atomic import atomic_write_bytes
 from remembrall.monitoring import metrics as m
+from remembrall.pipeline.delivery import MAX_ABOVE, SeqLedger, ledger_state_bytes
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
 from remembrall.pipeline.stream_ends import StreamEnds
 
 log = logging.getLogger(__name__)
+
+#: Longest a written prediction waits in the file buffer (it is acknowledged only once flushed).
+FLUSH_EVERY_S = 0.05
+#: How often the ledger is checkpointed; a restart reads the lines written after it.
+CHECKPOINT_EVERY_S = 1.0
+#: Acknowledgements are repeated this often even when nothing moved.
+ACK_REPEAT_S = 0.5
 
 
 def prediction_record(msg: Message) -> dict[str, Any]:
@@ -51,54 +64,135 @@ def prediction_problem(msg: Message, streams: list[str]) -> str | None:
 
 
 class SinkStage(Stage):
+    """Writes predictions; each (stream, seq) once (a re-sent item is dropped as ``duplicate``),
+    and acknowledges to the sources what is flushed (PROTOCOL.md §10)."""
+
     type = "sink"
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.path = Path(self.spec.out_dir) / self.cfg.sink.path
+        self.state_path = Path(self.spec.run_dir or self.spec.out_dir) / "progress" / "sink.json"
+        self.ledger = SeqLedger(max_above=max(MAX_ABOVE, 8 * self.cfg.transport.window))
+        self._state_saved = 0.0
+        self._acked: dict[str, tuple[int, int]] = {}
+        self._acks_sent = 0.0
 
     def run(self) -> int:
         inp = self.socket("in")
         pub = self.socket("pub") if self.has("pub") else None
-        path = Path(self.spec.out_dir) / self.cfg.sink.path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        acks = self.socket("acks") if self.has("acks") else None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._recover()
         ends = StreamEnds(self.spec.streams, self.spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
-        last_seq: dict[str, int] = {}
-        unflushed = 0
+        unflushed, flushed_at = 0, time.monotonic()
         # append: a restarted sink keeps what its previous life wrote
-        with path.open("a", encoding="utf-8") as fh:
-            while True:
-                msg = self.recv(inp, 200)
-                if msg is None:
-                    if unflushed:
+        with self.path.open("a", encoding="utf-8") as fh:
+            try:
+                while True:
+                    msg = self.recv(inp, 50)
+                    if unflushed and (msg is None or unflushed >= self.cfg.sink.flush_every
+                                      or time.monotonic() - flushed_at >= FLUSH_EVERY_S):
                         fh.flush()
-                        unflushed = 0
-                    if self.stopping or ends.all_ended():
-                        break
-                    continue
-                if msg.kind not in ("eos", "prediction"):
-                    m.DROPPED.labels(self.name, msg.stream, "unexpected_kind").inc()
-                    continue
-                if msg.kind == "prediction":
-                    problem = prediction_problem(msg, self.spec.streams)
-                    if problem is not None:
-                        m.DROPPED.labels(self.name, msg.stream if problem != "unknown_stream" else "", problem).inc()
+                        unflushed, flushed_at = 0, time.monotonic()
+                        self._checkpoint(fh.tell())
+                    if acks is not None and not unflushed:  # acknowledge only what reached the file
+                        self._send_acks(acks)
+                    if msg is None:
+                        if self.stopping or ends.all_ended():
+                            break
                         continue
-                ends.seen(msg)
-                if msg.kind == "eos":
-                    if ends.all_ended():
-                        break
-                    continue
-                prev = last_seq.get(msg.stream)
-                if prev is not None and msg.seq > prev + 1:
-                    m.DROPPED.labels(self.name, msg.stream, "lost").inc(msg.seq - prev - 1)
-                last_seq[msg.stream] = max(msg.seq, prev if prev is not None else -1)
-                rec = prediction_record(msg)
-                line = json.dumps(rec, ensure_ascii=False)
-                fh.write(line + "\n")
-                unflushed += 1
-                if unflushed >= self.cfg.sink.flush_every:
-                    fh.flush()
-                    unflushed = 0
-                if pub is not None:
-                    pub.send_string(line, flags=0)
-                m.FRAMES.labels(self.name, msg.stream).inc()
-                m.E2E_LATENCY.labels(msg.stream).observe(max(0.0, time.time() - msg.ts))
-        log.info("%s: wrote predictions to %s", self.name, path)
+                    if msg.kind not in ("eos", "prediction"):
+                        m.DROPPED.labels(self.name, msg.stream, "unexpected_kind").inc()
+                        continue
+                    if msg.kind == "prediction":
+                        problem = prediction_problem(msg, self.spec.streams)
+                        if problem is not None:
+                            m.DROPPED.labels(self.name, msg.stream if problem != "unknown_stream" else "",
+                                             problem).inc()
+                            continue
+                    ends.seen(msg)
+                    if msg.kind == "eos":
+                        if ends.all_ended():
+                            break
+                        continue
+                    if not self.ledger.accept(msg.stream, msg.seq):
+                        m.DROPPED.labels(self.name, msg.stream, "duplicate").inc()
+                        continue
+                    line = json.dumps(prediction_record(msg), ensure_ascii=False)
+                    fh.write(line + "\n")
+                    unflushed += 1
+                    if pub is not None:
+                        pub.send_string(line, flags=0)
+                    m.FRAMES.labels(self.name, msg.stream).inc()
+                    m.E2E_LATENCY.labels(msg.stream).observe(max(0.0, time.time() - msg.ts))
+            finally:
+                fh.flush()
+                self._checkpoint(fh.tell(), force=True)
+                if acks is not None and not self.orphaned:
+                    self._send_acks(acks, force=True)
+        log.info("%s: wrote predictions to %s", self.name, self.path)
         return 0
+
+    # ------------------------------------------------------------------ exactly-once
+    def _recover(self) -> None:
+        """Rebuild the ledger of what a previous life wrote: its checkpoint, then every complete
+        line after the checkpoint's offset; a line cut by the crash is removed (it was never
+        acknowledged, so its source sends it again)."""
+        offset = 0
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            self.ledger = SeqLedger.from_plain(state["streams"], self.ledger.max_above)
+            offset = int(state["offset"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: sink checkpoint %s unusable (%s); reading the whole predictions file",
+                        self.name, self.state_path, exc)
+            offset = 0
+        if not self.path.exists():
+            return
+        size = self.path.stat().st_size
+        if offset > size:  # a checkpoint newer than the file: trust the file
+            self.ledger, offset = SeqLedger(self.ledger.max_above), 0
+        with self.path.open("r+b") as fh:
+            fh.seek(offset)
+            good, n = offset, 0
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break
+                good += len(raw)
+                try:
+                    rec = json.loads(raw)
+                    self.ledger.accept(str(rec["stream"]), int(rec["seq"]))
+                    n += 1
+                except (ValueError, KeyError, TypeError):
+                    m.DROPPED.labels(self.name, "", "corrupt_line").inc()
+            if good < size:
+                log.warning("%s: removing %d bytes of a line cut short at the end of %s", self.name,
+                            size - good, self.path)
+                fh.truncate(good)
+        if offset or n:
+            log.info("%s: restarted; %d predictions already written (%d read past the checkpoint)", self.name,
+                     sum(self.ledger.watermark(s) + 1 + len(self.ledger.above(s)) for s in self.ledger.streams()), n)
+
+    def _checkpoint(self, offset: int, force: bool = False) -> None:
+        if not force and time.monotonic() - self._state_saved < CHECKPOINT_EVERY_S:
+            return
+        try:
+            atomic_write_bytes(self.state_path, ledger_state_bytes(offset, self.ledger))
+        except OSError as exc:  # a full disk: the next restart reads the file itself instead
+            log.warning("%s: cannot write the sink checkpoint: %s", self.name, exc)
+        self._state_saved = time.monotonic()
+
+    def _send_acks(self, sock: zmq.Socket, force: bool = False) -> None:
+        """Acknowledge flushed predictions: at once when a watermark moved, every
+        :data:`ACK_REPEAT_S` anyway (a source that restarted missed the earlier ones)."""
+        repeat = force or time.monotonic() - self._acks_sent >= ACK_REPEAT_S
+        for stream in self.ledger.streams():
+            now = (self.ledger.watermark(stream), self.ledger.count_above(stream))
+            if repeat or self._acked.get(stream) != now:
+                self.send(sock, self.ledger.ack_message(stream), block=False)
+                self._acked[stream] = now
+        if repeat:
+            self._acks_sent = time.monotonic()

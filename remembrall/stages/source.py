@@ -13,6 +13,7 @@ from typing import Any
 from remembrall.atomic import atomic_write_bytes
 from remembrall.config import SourceConfig
 from remembrall.monitoring import metrics as m
+from remembrall.pipeline.delivery import AckedSender, Outbox, RestartWatch
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
 
@@ -40,7 +41,10 @@ class MetricsSourceStats:
 
 
 class SourceStage(Stage):
-    """What the video and text source stages share: stream lookup, eos, resume progress."""
+    """What the video and text source stages share: stream lookup, eos, resume progress, and
+    at-least-once delivery of a finite source (see :mod:`remembrall.pipeline.delivery`)."""
+
+    sender: AckedSender | None = None
 
     def source_config(self) -> SourceConfig:
         stream = self.spec.streams[0]
@@ -68,8 +72,34 @@ class SourceStage(Stage):
 
     def send_eos(self, error: str | None = None) -> None:
         fields = {"error": error} if error else {}
-        if not self.send(self.socket("out"), Message("eos", stream=self.stream, fields=fields), timeout_ms=30_000):
+        eos = Message("eos", stream=self.stream, fields=fields)
+        if self.sender is not None:
+            self.sender.trailer = [eos]  # a stage on the way that restarts now needs it again
+        if not self.send(self.socket("out"), eos, timeout_ms=30_000):
             log.error("%s: downstream did not take end-of-stream (waited 30 s, or up to the drain deadline)", self.name)
+
+    def while_released_waits(self, seconds: float) -> None:
+        if self.sender is None:
+            super().while_released_waits(seconds)
+        else:
+            self.sender.poll(int(seconds * 1000))
+
+    def _acked_sender(self) -> AckedSender | None:
+        """At-least-once delivery for a finite source, when the graph wires the sink's acks."""
+        if not self.has("acks"):
+            return None
+        restarts = self.socket("restarts") if self.has("restarts") else None
+        self.sender = AckedSender(self, self.socket("out"), self.socket("acks"), restarts,
+                                  Outbox(self.cfg.transport.window),
+                                  RestartWatch(self.spec.params.get("resend_on", [])), stream=self.stream)
+        return self.sender
+
+    def _settle(self, sender: AckedSender) -> None:
+        left = sender.settle(self.cfg.supervisor.drain_timeout_s)
+        if left:
+            m.DROPPED.labels(self.name, self.stream, "unacknowledged").inc(len(left))
+            log.error("%s: %d items were never acknowledged by the sink (seq %d..%d); counted as "
+                      "reason=unacknowledged", self.name, len(left), left[0].seq, left[-1].seq)
 
     def emit(self, msg: Message, live: bool) -> bool:
         """Hand ``msg`` downstream: drop-newest when live and full, block otherwise (until the
@@ -85,12 +115,20 @@ class SourceStage(Stage):
              failures: tuple[type[BaseException], ...]) -> tuple[int, int, BaseException | None]:
         """Hand every item (anything with an ``index``) downstream as ``to_message(item)``.
 
-        A resumable source skips what a previous life of this stage already handed on and
-        checkpoints its progress every second, and on the way out however the pump ends (a
-        supervisor that died included). Returns (last index, items sent, the failure that ended
-        the source early or None).
+        A resumable source skips what a previous life of this stage already handed on (with
+        at-least-once delivery: what the sink acknowledged) and checkpoints its progress every
+        second, and on the way out however the pump ends (a supervisor that died included). A
+        finite source waits for the sink to acknowledge everything before it returns. Returns
+        (last index, items sent, the failure that ended the source early or None).
         """
+        sender = None if live else self._acked_sender()
+
+        def progress() -> int:
+            return last_index if sender is None else min(last_index, sender.acked_through)
+
         skip_to = self.resume_after() if resumable else -1
+        if sender is not None:
+            sender.acked_through = skip_to
         if skip_to >= 0:
             log.info("%s: restarted; resuming after item %d", self.name, skip_to)
         latency = m.LATENCY.labels(self.name, self.stream)
@@ -104,15 +142,23 @@ class SourceStage(Stage):
                 if item.index > skip_to:
                     msg = to_message(item)
                     latency.observe(time.perf_counter() - t0)
-                    sent += self.emit(msg, live)
+                    if sender is None:
+                        sent += self.emit(msg, live)
+                    elif sender.send(item.index, msg):
+                        m.FRAMES.labels(self.name, self.stream).inc()
+                        sent += 1
                     last_index = item.index
                     if resumable and time.monotonic() - last_saved >= 1.0:
-                        self.save_progress(last_index)
+                        self.save_progress(progress())
                         last_saved = time.monotonic()
                 t0 = time.perf_counter()
         except failures as exc:
             failure = exc
         finally:
             if resumable:
-                self.save_progress(last_index)
+                self.save_progress(progress())
+        if sender is not None:
+            self._settle(sender)
+            if resumable:
+                self.save_progress(progress())
         return last_index, sent, failure
