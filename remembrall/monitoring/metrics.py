@@ -172,3 +172,7 @@ UNACKED = Gauge(
     "remembrall_unacked", "Items a producer handed on that are not acknowledged yet.", ["stage", "stream"],
     multiprocess_mode="livesum",
 )
+WRITE_ERRORS = Counter(
+    "remembrall_write_errors", "Writes of a stage's files that failed (full disk, permissions), by file.",
+    ["stage", "what"],
+)

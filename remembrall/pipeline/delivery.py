@@ -16,8 +16,8 @@ twice is written once.
 >>> box = Outbox(capacity=4)
 >>> for seq in range(3):
 ...     box.put(seq, Message("frame", stream="cam0", seq=seq))
->>> box.ack_through(1); [m.seq for m in box.pending()]
-[2]
+>>> box.ack_through(1), [m.seq for m in box.pending()]
+(2, [2])
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +121,12 @@ class Outbox:
     it starts (:meth:`load`).
     """
 
-    def __init__(self, capacity: int, store: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, capacity: int, store: str | os.PathLike[str] | None = None,
+                 on_store_error: Callable[[OSError], None] | None = None) -> None:
         self.capacity = capacity
         self.store = Path(store) if store is not None else None
+        #: a message that cannot be stored (a full disk) is still held in memory and handed on
+        self.on_store_error = on_store_error
         self._items: OrderedDict[Hashable, Message] = OrderedDict()
         self._files: dict[Hashable, Path] = {}
         self._counter = 0
@@ -145,11 +148,16 @@ class Outbox:
             while path.exists():  # a previous life's file not loaded yet
                 self._counter += 1
                 path = self.store / f"{self._counter:012d}.npz"
-            atomic_write_bytes(path, message_bytes(msg))
             old = self._files.pop(key, None)
             if old is not None:
                 old.unlink(missing_ok=True)
-            self._files[key] = path
+            try:
+                atomic_write_bytes(path, message_bytes(msg))
+                self._files[key] = path
+            except OSError as exc:
+                if self.on_store_error is None:
+                    raise
+                self.on_store_error(exc)
         self._items[key] = msg
 
     def ack(self, keys: Iterable[Hashable]) -> int:

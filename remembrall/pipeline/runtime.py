@@ -27,6 +27,7 @@ from remembrall.io.endpoints import open_socket
 from remembrall.monitoring import metrics as m
 from remembrall.monitoring.journal import Journal
 from remembrall.monitoring.process_cost import ProcessCost
+from remembrall.pipeline.drops import WriteErrors
 from remembrall.pipeline.lifeline import PARENT_DEATH_SIGNAL, Lifeline
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
 
@@ -92,6 +93,7 @@ class Stage:
         self._sockets: dict[str, zmq.Socket] = {}
         self._malformed_logged = 0
         self._drain_timeouts = 0
+        self.write_errors = WriteErrors(spec.name)
         #: what happened when, for the Learning page and ``remembrall report`` (OUT/events.jsonl)
         self.journal = Journal(spec.out_dir or None, spec.name)
         self.cost = ProcessCost(spec.name)  # CPU seconds and RSS of this process, as metrics
@@ -260,6 +262,10 @@ class Stage:
         except MalformedMessage as exc:
             self.count_malformed(exc, sum(len(p.buffer) for p in parts))
             return None
+
+    def write_failed(self, what: str, exc: OSError) -> None:
+        """A file this stage keeps could not be written: counted and said (see :class:`WriteErrors`)."""
+        self.write_errors.failed(what, exc)
 
     def count_malformed(self, exc: MalformedMessage, size: int) -> None:
         m.DROPPED.labels(self.name, "", f"malformed_{exc.reason}").inc()

@@ -81,9 +81,13 @@ class BufferStage(Stage):
             return
         due = n >= self.bcfg.persist_every or time.monotonic() - self.saved_at[modality] >= self.bcfg.persist_interval_s
         if force or due:
-            self.memories[modality].save(buffer_path(self.bcfg, self.spec.run_dir, modality))
+            self.saved_at[modality] = time.monotonic()  # a failed save waits as long to try again
+            try:
+                self.memories[modality].save(buffer_path(self.bcfg, self.spec.run_dir, modality))
+            except OSError as exc:  # held in memory, unacknowledged: the label stage keeps them too
+                self.write_failed("buffer", exc)
+                return
             self.dirty[modality] = 0
-            self.saved_at[modality] = time.monotonic()
             self.ack(self.unsaved.pop(modality, []))
 
     def ack(self, ids: list[str]) -> None:

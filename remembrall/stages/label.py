@@ -67,7 +67,8 @@ class LabelStage(Stage):
         self.sender: AckedSender | None = None
         #: accepted labels not yet saved by the buffer, kept on disk: a killed label stage sends
         #: them again when it starts (at-least-once; the buffer keeps each sample id once)
-        self.outbox = (Outbox(self.cfg.transport.window, Path(spec.run_dir or ".") / "outbox" / "label")
+        self.outbox = (Outbox(self.cfg.transport.window, Path(spec.run_dir or ".") / "outbox" / "label",
+                              on_store_error=lambda exc: self.write_failed("label outbox", exc))
                        if self.has("acks") else None)
         if self.outbox is not None and self.outbox.load(lambda msg: msg.get("id")):
             log.info("%s: %d accepted labels from a previous life were not saved by the buffer yet; "

@@ -27,6 +27,7 @@ from remembrall.learning.episodic import EpisodicMemory, WriteResult
 from remembrall.learning.zoo import SpecialistZoo, ZooError
 from remembrall.models.serving import HeadServer, ServedHead, SwapRequest
 from remembrall.monitoring import metrics as m
+from remembrall.pipeline.drops import WriteErrors
 from remembrall.pipeline.rundir import modality_path
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class MemoryKeeper:
     def __init__(self, cfg: Any, run_dir: str, dims: dict[str, int], device: torch.device, stage: str) -> None:
         self.mcfg = cfg.memory
         self.run_dir, self.stage = run_dir, stage
+        self.write_errors = WriteErrors(stage)
         if cfg.infer.threads > 0:  # FAISS (OpenMP) keeps to infer's share of the cores, as torch does
             faiss.omp_set_num_threads(cfg.infer.threads)
         self.memories: dict[str, EpisodicMemory] = {}
@@ -149,8 +151,13 @@ class MemoryKeeper:
             return
         c = self.mcfg
         if force or n >= c.persist_every or time.monotonic() - self.saved_at[modality] >= c.persist_interval_s:
-            self.memories[modality].save(self.path(modality))
-            self.dirty[modality], self.saved_at[modality] = 0, time.monotonic()
+            self.saved_at[modality] = time.monotonic()
+            try:
+                self.memories[modality].save(self.path(modality))
+            except OSError as exc:  # kept in RAM and serving; saved once the disk takes it
+                self.write_errors.failed("memory", exc)
+                return
+            self.dirty[modality] = 0
 
     def save_all(self) -> None:
         for modality in self.memories:

@@ -476,15 +476,22 @@ class RetrainStage(Stage):
             self.rejected_runs += 1
             return
         version = meta.version
+        before = st.serving, st.serving_meta, st.serving_path
         st.serving, st.serving_meta, st.serving_path = head, meta, None
-        if self.rcfg.reptile:
-            self._update_base(st, head, version)
-        self._add_to_zoo(st, head, meta)
-        announce = self._announcement(st)
-        assert announce is not None
-        if st.run_consolidates:
-            announce.fields["consolidated"] = True  # infer prunes its memory once this head serves
-        st.registry.write_current(announce.fields)
+        try:
+            if self.rcfg.reptile:
+                self._update_base(st, head, version)
+            self._add_to_zoo(st, head, meta)
+            announce = self._announcement(st)
+            assert announce is not None
+            if st.run_consolidates:
+                announce.fields["consolidated"] = True  # infer prunes its memory once this head serves
+            st.registry.write_current(announce.fields)
+        except OSError as exc:  # a full disk: what serves now stays; the next run tries again
+            st.serving, st.serving_meta, st.serving_path = before
+            self.rejected_runs += 1
+            self.write_failed("checkpoint", exc)
+            return
         self._publish(announce)
         self._last_publish = time.monotonic()
         m.MODEL_VERSION.labels(self.name, "").set(version)

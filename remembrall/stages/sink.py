@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ class SinkStage(Stage):
         self._state_saved = 0.0
         self._acked: dict[str, tuple[int, int]] = {}
         self._acks_sent = 0.0
+        self._batch: list[tuple[str, str]] = []  # (stream, line) written but not flushed
+        self._fd = -1
+        self._good = 0  # the file's length up to its last whole line
 
     def run(self) -> int:
         inp = self.socket("in")
@@ -85,54 +89,76 @@ class SinkStage(Stage):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._recover()
         ends = StreamEnds(self.spec.streams, self.spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
-        unflushed, flushed_at = 0, time.monotonic()
+        flushed_at = time.monotonic()
         # append: a restarted sink keeps what its previous life wrote
-        with self.path.open("a", encoding="utf-8") as fh:
-            try:
-                while True:
-                    msg = self.recv(inp, 50)
-                    if unflushed and (msg is None or unflushed >= self.cfg.sink.flush_every
-                                      or time.monotonic() - flushed_at >= FLUSH_EVERY_S):
-                        fh.flush()
-                        unflushed, flushed_at = 0, time.monotonic()
-                        self._checkpoint(fh.tell())
-                    if acks is not None and not unflushed:  # acknowledge only what reached the file
-                        self._send_acks(acks)
-                    if msg is None:
-                        if self.stopping or ends.all_ended():
-                            break
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._good = os.fstat(self._fd).st_size
+        try:
+            while True:
+                msg = self.recv(inp, 50)
+                if self._batch and (msg is None or len(self._batch) >= self.cfg.sink.flush_every
+                                    or time.monotonic() - flushed_at >= FLUSH_EVERY_S):
+                    self._flush()
+                    flushed_at = time.monotonic()
+                if acks is not None and not self._batch:  # acknowledge only what reached the file
+                    self._send_acks(acks)
+                if msg is None:
+                    if self.stopping or ends.all_ended():
+                        break
+                    continue
+                if msg.kind not in ("eos", "prediction"):
+                    m.DROPPED.labels(self.name, msg.stream, "unexpected_kind").inc()
+                    continue
+                if msg.kind == "prediction":
+                    problem = prediction_problem(msg, self.spec.streams)
+                    if problem is not None:
+                        m.DROPPED.labels(self.name, msg.stream if problem != "unknown_stream" else "",
+                                         problem).inc()
                         continue
-                    if msg.kind not in ("eos", "prediction"):
-                        m.DROPPED.labels(self.name, msg.stream, "unexpected_kind").inc()
-                        continue
-                    if msg.kind == "prediction":
-                        problem = prediction_problem(msg, self.spec.streams)
-                        if problem is not None:
-                            m.DROPPED.labels(self.name, msg.stream if problem != "unknown_stream" else "",
-                                             problem).inc()
-                            continue
-                    ends.seen(msg)
-                    if msg.kind == "eos":
-                        if ends.all_ended():
-                            break
-                        continue
-                    if not self.ledger.accept(msg.stream, msg.seq):
-                        m.DROPPED.labels(self.name, msg.stream, "duplicate").inc()
-                        continue
-                    line = json.dumps(prediction_record(msg), ensure_ascii=False)
-                    fh.write(line + "\n")
-                    unflushed += 1
-                    if pub is not None:
-                        pub.send_string(line, flags=0)
-                    m.FRAMES.labels(self.name, msg.stream).inc()
-                    m.E2E_LATENCY.labels(msg.stream).observe(max(0.0, time.time() - msg.ts))
-            finally:
-                fh.flush()
-                self._checkpoint(fh.tell(), force=True)
-                if acks is not None and not self.orphaned:
-                    self._send_acks(acks, force=True)
+                ends.seen(msg)
+                if msg.kind == "eos":
+                    if ends.all_ended():
+                        break
+                    continue
+                if not self.ledger.accept(msg.stream, msg.seq):
+                    m.DROPPED.labels(self.name, msg.stream, "duplicate").inc()
+                    continue
+                line = json.dumps(prediction_record(msg), ensure_ascii=False)
+                self._batch.append((msg.stream, line + "\n"))
+                if pub is not None:
+                    pub.send_string(line, flags=0)
+                m.FRAMES.labels(self.name, msg.stream).inc()
+                m.E2E_LATENCY.labels(msg.stream).observe(max(0.0, time.time() - msg.ts))
+        finally:
+            self._flush()
+            os.close(self._fd)
+            self._checkpoint(self._good, force=True)
+            if acks is not None and not self.orphaned:
+                self._send_acks(acks, force=True)
         log.info("%s: wrote predictions to %s", self.name, self.path)
         return 0
+
+    def _flush(self) -> None:
+        """Append the batch in one write. When the disk refuses it (full), the file is cut back to
+        its last whole line and the batch is counted (``reason=write_failed``): the pipeline keeps
+        serving (PUB, metrics, UI) and writing resumes once there is space."""
+        if not self._batch:
+            return
+        data = memoryview("".join(line for _, line in self._batch).encode("utf-8"))
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+            self._good = os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._good)  # nothing half-written stays
+            except OSError:
+                pass
+            for stream, _ in self._batch:
+                m.DROPPED.labels(self.name, stream, "write_failed").inc()
+            self.write_failed("predictions", exc)
+        self._batch.clear()
+        self._checkpoint(self._good)
 
     # ------------------------------------------------------------------ exactly-once
     def _recover(self) -> None:

@@ -68,7 +68,10 @@ class SourceStage(Stage):
             return -1
 
     def save_progress(self, last_index: int) -> None:
-        atomic_write_bytes(self._progress_path(), json.dumps({"last_index": last_index}).encode())
+        try:
+            atomic_write_bytes(self._progress_path(), json.dumps({"last_index": last_index}).encode())
+        except OSError as exc:  # a restart would replay more; the stream goes on
+            self.write_failed("progress", exc)
 
     def send_eos(self, error: str | None = None) -> None:
         fields = {"error": error} if error else {}
