@@ -10,10 +10,12 @@ Measured in one run, warm-up excluded, on ``builtin:vtest`` (opencv-doc's vtest.
   ``infer.batch_size`` frames already decoded in memory: the ceiling of the slowest stage.
 - ``onnxruntime_infer_fps``: the same with ``infer.backend: onnxruntime`` (the backbone exported
   to ONNX and run on ONNX Runtime's CPU provider; heads in PyTorch), and ``onnxruntime_speedup``.
-- ``pipeline_fps``: ``remembrall run`` as a subprocess on the same video and config. Timed at the
-  sink: the benchmark tails ``predictions.jsonl`` (flushed every ``sink.flush_every`` lines and at
-  end of stream) and divides the predictions written between the first flush and the last line by
-  the time between them, so process start-up and model load are excluded. Tailing a file costs
+- ``pipeline_fps``: ``remembrall run`` as a subprocess on the same video and config, looping it for
+  ``--pipeline-seconds`` (30). Timed at the sink: the benchmark tails ``predictions.jsonl`` and
+  divides the predictions written between the first flush after ``--pipeline-warmup`` (6 s of
+  output) and the last line by the time between them, so start-up, model load and the first slow
+  batches are excluded, as they are from the stages alone. ``pipeline_efficiency`` is it over the
+  slower of ``decode_fps`` and ``infer_fps``. Tailing a file costs
   nothing in the pipeline; scraping ``/metrics`` at 10 Hz would cost CPU in the supervisor.
 - ``pipeline_fps_ui_watched``: the same run again with ``--viewers`` (10) clients holding the UI's
   live view (``/api/live/events``) open from the moment the UI is up; ``ui_watched_ratio`` is
@@ -21,7 +23,7 @@ Measured in one run, warm-up excluded, on ``builtin:vtest`` (opencv-doc's vtest.
   ≥ 0.95: the UI must not slow the pipeline). The viewers run in the benchmark's own process, on
   the same cores: a browser on another machine costs the device less.
 - ``stage_cpu_ms_per_item`` and ``stage_rss_bytes`` (maps by stage, the supervisor included):
-  CPU milliseconds per item each process used over the pipeline run, and its peak resident memory.
+  CPU milliseconds per item each process used over the timed window, and its peak resident memory.
 - ``transport_fps`` / ``raw_zmq_fps``: 1920×1080×3 uint8 frames between two processes over
   PUSH/PULL ``ipc://``: ours through ``Stage.send``/``Stage.recv`` (encode + validate + decode),
   raw pyzmq as in its ``send_array`` example (JSON metadata + zero-copy buffer). Same HWM and
@@ -217,17 +219,22 @@ class LiveViewer(threading.Thread):
 
 
 def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout: float,
-                   viewers: int = 0) -> dict[str, Any]:
+                   viewers: int = 0, run_s: float | None = None, warmup_s: float = 0.0) -> dict[str, Any]:
     """Run ``remembrall run`` on ``video`` and time it at the sink (see the module docstring), with
-    ``viewers`` clients on the UI's live view from the moment the UI is up."""
+    ``viewers`` clients on the UI's live view from the moment the UI is up. With ``run_s`` the
+    video loops for that long (``--duration``) and the first ``warmup_s`` seconds of output are
+    not timed: a steady state, as the stages alone are measured."""
     out = Path(tempfile.mkdtemp(prefix="pipeline-watched-" if viewers else "pipeline-", dir=tmp))  # fresh per run
     cmd = [sys.executable, "-m", "remembrall", "run", config, "--source", str(video), "--out", str(out),
            "--metrics-port", "0", "--ui-port", "0"]
+    if run_s is not None:
+        cmd += ["--set", "sources.0.loop=0", "--duration", f"{run_s:g}"]
     for s in sets:
         cmd += ["--set", s]
     log_path = out.with_suffix(".log")
     preds = out / "predictions.jsonl"
     samples: list[tuple[float, int]] = []
+    cpu_at: list[dict[str, float]] = []  # CPU seconds of every process at each sample
     cpu: dict[str, float] = {}
     rss: dict[str, int] = {}
     stage_pids: dict[str, int] = {}
@@ -269,6 +276,7 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
                     offset += nl
                     if lines and (not samples or lines != samples[-1][1]):
                         samples.append((now, lines))  # each new flush the sink made
+                        cpu_at.append(dict(cpu))
                 if done:
                     break
                 time.sleep(0.05)
@@ -283,12 +291,18 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
         raise RuntimeError(f"remembrall run exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
     if len(samples) < 2:
         raise RuntimeError(f"too few sink observations ({samples}) to time the pipeline; log: {log_path}")
-    (t0, n0), (t1, n1) = samples[0], samples[-1]
-    first_output = t0 - t_launch
+    first_output = samples[0][0] - t_launch
+    start = next((i for i, (t, _) in enumerate(samples) if t >= samples[0][0] + warmup_s), 0)
+    start = min(start, len(samples) - 2)
+    (t0, n0), (t1, n1) = samples[start], samples[-1]
+    # CPU per frame over the timed window (model loading and warm-up excluded)
+    window_cpu = {k: cpu_at[-1].get(k, 0.0) - cpu_at[start].get(k, 0.0) for k in cpu_at[-1]}
     return {
         "fps": (n1 - n0) / (t1 - t0),
         "frames": n1,
         "timed_frames": n1 - n0,
+        "warmup_s": warmup_s,
+        "cpu_ms_per_frame_timed": {k: round(1000 * v / max(1, n1 - n0), 2) for k, v in window_cpu.items()},
         "timed_s": round(t1 - t0, 3),
         "startup_s": round(first_output, 3),
         "wall_s": round(wall, 3),
@@ -448,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--viewers", type=int, default=10, help="live-view clients for pipeline_fps_ui_watched")
     p.add_argument("--ui-rounds", type=int, default=3,
                    help="plain/watched pipeline run pairs for ui_watched_ratio (median of the pairs' ratios)")
+    p.add_argument("--pipeline-seconds", type=float, default=30.0,
+                   help="each pipeline run loops the video this long; the first --pipeline-warmup s are not timed")
+    p.add_argument("--pipeline-warmup", type=float, default=6.0)
     p.add_argument("--smoke", action="store_true", help="tiny video and frames, short runs: checks the machinery")
     args = p.parse_args(argv)
     seconds = args.seconds or (0.5 if args.smoke else 5.0)
@@ -508,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                 res["onnxruntime_speedup"] = res["onnxruntime_infer_fps"] / infer_runs[0].per_s
         if "pipeline" not in args.skip:
             res["loadavg_1m"]["pipeline"] = loadavg_1m()
-            run = bench_pipeline(args.config, video, sets, tmp, timeout=120 if args.smoke else 900)
+            steady = {} if args.smoke else {"run_s": args.pipeline_seconds, "warmup_s": args.pipeline_warmup}
+            run = bench_pipeline(args.config, video, sets, tmp, timeout=120 if args.smoke else 900, **steady)
             res["pipeline_fps"] = run.pop("fps")
             res["pipeline"] = run
             if "ui" not in args.skip:  # the same run with browsers on the live view, alternated with plain runs
@@ -517,8 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                 plain, watched_fps, watched = [res["pipeline_fps"]], [], {}
                 for r in range(args.ui_rounds if not args.smoke else 1):
                     if r:
-                        plain.append(bench_pipeline(args.config, video, sets, tmp, timeout)["fps"])
-                    watched = bench_pipeline(args.config, video, sets, tmp, timeout, viewers=args.viewers)
+                        plain.append(bench_pipeline(args.config, video, sets, tmp, timeout, **steady)["fps"])
+                    watched = bench_pipeline(args.config, video, sets, tmp, timeout, viewers=args.viewers, **steady)
                     watched_fps.append(watched.pop("fps"))
                 res["pipeline_fps_ui_watched"] = statistics.median(watched_fps)
                 res["pipeline_ui_watched"] = watched  # the last watched run's details
@@ -538,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
             run = res["pipeline"]
             run["cpu_ms_per_frame"] = {k: round(1000 * v / run["frames"], 2) for k, v in run["cpu_s"].items()}
             # by stage name ("infer (infer)" -> "infer"): what each stage costs per item, and its peak RSS
-            res["stage_cpu_ms_per_item"] = {k.split(" (")[0]: v for k, v in run["cpu_ms_per_frame"].items()}
+            per_item = run["cpu_ms_per_frame_timed"] if not args.smoke else run["cpu_ms_per_frame"]
+            res["stage_cpu_ms_per_item"] = {k.split(" (")[0]: v for k, v in per_item.items()}
             res["stage_rss_bytes"] = {k.split(" (")[0]: v for k, v in run["rss_bytes"].items()}
             if "decode_fps" in res and "infer_fps" in res:
                 res["pipeline_efficiency"] = res["pipeline_fps"] / min(res["decode_fps"], res["infer_fps"])

@@ -38,7 +38,7 @@ import zmq
 from remembrall.atomic import atomic_write_bytes
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
-from remembrall.pipeline.runtime import Stage
+from remembrall.pipeline.runtime import Stage, SupervisorGone
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,10 @@ class AckedSender:
 
     def _wait_step(self) -> None:
         """Wait a little for acks; after :data:`RESEND_STALLED_S` without one, send what is
-        unacknowledged again (an ack lost on the way, or an item lost without a restart)."""
+        unacknowledged again (an ack lost on the way, or an item lost without a restart). An
+        orphan stops waiting at once: nobody will acknowledge anything any more."""
+        if self.stage.orphaned:
+            raise SupervisorGone(self.stage.name)
         self.poll(100)
         if time.monotonic() - max(self.last_progress, self._stall_resent) > RESEND_STALLED_S:
             self._stall_resent = time.monotonic()
