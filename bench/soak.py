@@ -1,7 +1,7 @@
 """Memory and file descriptors over a long run: does any process leak?
 
     python -m bench.soak --minutes 30 --json out/soak.json     # the README figure
-    python -m bench.soak --smoke --json out/soak-smoke.json    # ~30 s: checks the machinery
+    python -m bench.soak --smoke --json out/soak-smoke.json    # ~20 s: checks the machinery
 
 The demo pipeline (Big Buck Bunny, learning with the teacher labeler, UI on) plays its video in
 a loop at a camera's rate (``--fps``, 25; ``sources[].realtime``) for ``--minutes``. Every ``--interval`` seconds the
@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.2, help="share of the run left out as warm-up")
     p.add_argument("--max-growth", type=float, default=0.05)
     p.add_argument("--max-fd-growth", type=int, default=8)
-    p.add_argument("--smoke", action="store_true", help="20 s at small frames: checks the machinery only")
+    p.add_argument("--smoke", action="store_true", help="10 s at small frames: checks the machinery only")
     p.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     args = p.parse_args(argv)
-    seconds = 20.0 if args.smoke else args.minutes * 60
-    interval = args.interval or (1.0 if args.smoke else 10.0)
+    seconds = 10.0 if args.smoke else args.minutes * 60
+    interval = args.interval or (0.5 if args.smoke else 10.0)
     work = args.work or Path(tempfile.mkdtemp(prefix="rb-soak-"))
     work.mkdir(parents=True, exist_ok=True)
     out = work / "out"

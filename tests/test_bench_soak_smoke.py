@@ -28,6 +28,6 @@ def test_soak_smoke(tmp_path: Path) -> None:
     assert {"supervisor", "infer", "decode-demo", "sink", "retrain"} <= set(report["processes"])
     for name, p in report["processes"].items():
         assert p["samples"] >= 5 and p["rss_end_bytes"] > 0 and p["fds_end"] > 0, name
-    # played at the camera's rate: about 25 fps for 20 s, not as fast as the machine decodes
-    assert 200 <= report["predictions"] <= 700
+    # played at the camera's rate: about 25 fps for 10 s, not as fast as the machine decodes
+    assert 80 <= report["predictions"] <= 350
     assert report["ok"] is True and "growth" in proc.stdout

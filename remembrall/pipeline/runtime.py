@@ -18,7 +18,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -30,6 +30,9 @@ from remembrall.monitoring.process_cost import ProcessCost
 from remembrall.pipeline.drops import WriteErrors
 from remembrall.pipeline.lifeline import PARENT_DEATH_SIGNAL, Lifeline
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
+
+if TYPE_CHECKING:
+    from remembrall.pipeline.delivery import AckedSender
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,8 @@ class Stage:
         self._malformed_logged = 0
         self._drain_timeouts = 0
         self.write_errors = WriteErrors(spec.name)
+        #: the at-least-once output of a producer (a finite source, the label stage), if any
+        self.sender: AckedSender | None = None
         #: what happened when, for the Learning page and ``remembrall report`` (OUT/events.jsonl)
         self.journal = Journal(spec.out_dir or None, spec.name)
         self.cost = ProcessCost(spec.name)  # CPU seconds and RSS of this process, as metrics
@@ -151,9 +156,12 @@ class Stage:
             self.while_released_waits(0.05)
 
     def while_released_waits(self, seconds: float) -> None:
-        """What a finished stage does while it waits for its release: nothing, by default; a
-        producer with at-least-once delivery answers restarts (sends its ``eos`` again)."""
-        time.sleep(seconds)
+        """What a finished stage does while it waits for its release: a producer with
+        at-least-once delivery answers restarts (sends its ``eos`` again); others just wait."""
+        if self.sender is not None:
+            self.sender.poll(int(seconds * 1000))
+        else:
+            time.sleep(seconds)
 
     def close(self) -> None:
         """Close every socket, then wait (up to each socket's linger) for queued messages to leave.

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: How long after its last ack the buffer keeps repeating the newest acks (once a second).
 ACK_REPEAT_FOR_S = 10.0
+#: Labels that stopped coming this long ago are saved (and acknowledged) without waiting longer.
+IDLE_SAVE_S = 0.25
 
 
 def buffer_path(cfg: Any, run_dir: str | Path, modality: str = "vision") -> Path:
@@ -55,7 +57,7 @@ class BufferStage(Stage):
         #: once saved (at-least-once delivery of accepted labels, PROTOCOL.md §10)
         self.unsaved: dict[str, list[str]] = {}
         self.recent_acks: deque[str] = deque(maxlen=self.cfg.transport.window)
-        self.acked_at = self.repeated_at = 0.0
+        self.acked_at = self.repeated_at = self.last_insert = 0.0
         for modality in ("vision", "text"):  # reload what a previous run (or a crash) left
             if buffer_path(self.bcfg, spec.run_dir, modality).exists():
                 self._memory(modality)
@@ -79,7 +81,11 @@ class BufferStage(Stage):
         n = self.dirty.get(modality, 0)
         if not n:
             return
-        due = n >= self.bcfg.persist_every or time.monotonic() - self.saved_at[modality] >= self.bcfg.persist_interval_s
+        now = time.monotonic()
+        # also when labels paused: what waits to be acknowledged is saved now, not a whole interval later
+        due = (n >= self.bcfg.persist_every or now - self.saved_at[modality] >= self.bcfg.persist_interval_s
+               or (bool(self.unsaved.get(modality)) and now - self.last_insert >= IDLE_SAVE_S
+                   and now - self.saved_at[modality] >= IDLE_SAVE_S))
         if force or due:
             self.saved_at[modality] = time.monotonic()  # a failed save waits as long to try again
             try:
@@ -128,6 +134,7 @@ class BufferStage(Stage):
                 self.ack([view.id])
             return
         self.unsaved.setdefault(view.modality, []).append(view.id)
+        self.last_insert = time.monotonic()
         self.dirty[view.modality] += 1
         m.FRAMES.labels(self.name, msg.stream).inc()
         m.BUFFER_SIZE.labels(self.name, "").set(len(mem))

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 ACCURACY_WINDOW = 500
 
 
+#: Longest infer keeps reading its input past the first refused message before it runs a batch.
+REFUSED_DRAIN_S = 0.01
+
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) of each row of ``probs``."""
     return -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)
@@ -163,11 +166,16 @@ class InferStage(Stage):
                     self._control(msg)
         if inp in events:
             cap = self.cfg.infer.queue
+            refused, until = 0, time.monotonic() + REFUSED_DRAIN_S
             while len(self.queue) < cap:
-                if not inp.poll(0, zmq.POLLIN):
+                # a flood of refused messages (garbage): the I/O thread refills the socket's short
+                # queue behind us; wait a moment for it rather than a whole batch's turn
+                if not inp.poll(0, zmq.POLLIN) and (not refused or time.monotonic() >= until
+                                                    or not inp.poll(1, zmq.POLLIN)):
                     break
                 msg = self.recv_ready(inp)
                 if msg is None:
+                    refused += 1
                     continue
                 if msg.kind == "eos":
                     self.ends.seen(msg)
@@ -176,12 +184,14 @@ class InferStage(Stage):
                 elif kind_modality(msg.kind) in self.modalities:
                     item = self.modalities[kind_modality(msg.kind)].item(msg.arrays, msg.fields)
                     if item is None:
+                        refused += 1
                         m.DROPPED.labels(self.name, msg.stream, "malformed_payload").inc()
                         log.warning("%s: dropped a %s message with an invalid payload", self.name, msg.kind)
                         continue
                     self.ends.seen(msg)
                     self.queue.append((msg, item))
                 else:
+                    refused += 1
                     m.DROPPED.labels(self.name, msg.stream, "unexpected_kind").inc()
 
     def _next_batch(self, poller: zmq.Poller, inp: zmq.Socket, ctrl: zmq.Socket | None) -> list[Message]:

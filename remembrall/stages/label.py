@@ -64,7 +64,6 @@ class LabelStage(Stage):
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         self.drops = DropCounter(self.name)
         self.sent = 0
-        self.sender: AckedSender | None = None
         #: accepted labels not yet saved by the buffer, kept on disk: a killed label stage sends
         #: them again when it starts (at-least-once; the buffer keeps each sample id once)
         self.outbox = (Outbox(self.cfg.transport.window, Path(spec.run_dir or ".") / "outbox" / "label",
@@ -90,11 +89,6 @@ class LabelStage(Stage):
             m.FRAMES.labels(self.name, msg.stream).inc()
         self.drops.sync(self.labeler.rejected, stream)
 
-    def while_released_waits(self, seconds: float) -> None:
-        if self.sender is None:
-            super().while_released_waits(seconds)
-        else:
-            self.sender.poll(int(seconds * 1000))
 
     def handle(self, msg: Message, out: zmq.Socket) -> None:
         if msg.kind == "label":  # a human's answer arriving on the selected socket is fine too

@@ -40,6 +40,7 @@ from remembrall.models.registry import ModelRegistry
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
+from remembrall.pipeline.priority import set_cpu_priority
 from remembrall.pipeline.rundir import modality_path
 from remembrall.pipeline.runtime import Stage
 from remembrall.pipeline.stream_ends import StreamEnds
@@ -545,6 +546,8 @@ class RetrainStage(Stage):
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
+        if self.device == "cpu":  # training takes CPU time inference does not want, never inference's
+            log.info("%s: training on the CPU at %s priority", self.name, set_cpu_priority(self.rcfg.cpu_priority))
         # exported at zero from the start: rate()/increase() then see the first run too
         m.RETRAIN_RUNS.labels(self.name, "")
         m.RETRAIN_SECONDS.labels(self.name, "")

@@ -44,8 +44,6 @@ class SourceStage(Stage):
     """What the video and text source stages share: stream lookup, eos, resume progress, and
     at-least-once delivery of a finite source (see :mod:`remembrall.pipeline.delivery`)."""
 
-    sender: AckedSender | None = None
-
     def source_config(self) -> SourceConfig:
         stream = self.spec.streams[0]
         for src in self.cfg.sources:
@@ -61,7 +59,8 @@ class SourceStage(Stage):
         return Path(self.spec.run_dir) / "progress" / f"{self.stream}.json"
 
     def resume_after(self) -> int:
-        """Index of the last item handed on by a previous life of this stage, or -1."""
+        """Index of the last item a previous life of this stage handed on (with at-least-once
+        delivery: the last one the sink acknowledged), or -1."""
         try:
             return int(json.loads(self._progress_path().read_text())["last_index"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -80,12 +79,6 @@ class SourceStage(Stage):
             self.sender.trailer = [eos]  # a stage on the way that restarts now needs it again
         if not self.send(self.socket("out"), eos, timeout_ms=30_000):
             log.error("%s: downstream did not take end-of-stream (waited 30 s, or up to the drain deadline)", self.name)
-
-    def while_released_waits(self, seconds: float) -> None:
-        if self.sender is None:
-            super().while_released_waits(seconds)
-        else:
-            self.sender.poll(int(seconds * 1000))
 
     def _acked_sender(self) -> AckedSender | None:
         """At-least-once delivery for a finite source, when the graph wires the sink's acks."""
