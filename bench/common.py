@@ -24,6 +24,8 @@ class Rate:
 
     items: int
     seconds: float
+    #: CPU seconds this process used meanwhile (every thread): ``cpu_s / seconds`` cores busy
+    cpu_s: float = 0.0
 
     @property
     def per_s(self) -> float:
@@ -41,12 +43,12 @@ def measure_rate(step: Callable[[], int], *, seconds: float, warmup_s: float = 0
         step()
         done += 1
     items = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while True:
         items += step()
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds and items >= min_items:
-            return Rate(items, elapsed)
+            return Rate(items, elapsed, time.process_time() - c0)
 
 
 def machine() -> dict[str, Any]:

@@ -15,7 +15,11 @@ Measured in one run, warm-up excluded, on ``builtin:vtest`` (opencv-doc's vtest.
   divides the predictions written between the first flush after ``--pipeline-warmup`` (6 s of
   output) and the last line by the time between them, so start-up, model load and the first slow
   batches are excluded, as they are from the stages alone. ``pipeline_efficiency`` is it over the
-  slower of ``decode_fps`` and ``infer_fps``. Tailing a file costs
+  slower of ``decode_fps`` and ``infer_fps``. ``infer_capacity_in_pipeline`` is what infer could do
+  per second of its own compute inside that run (its per-item compute histogram, scraped every
+  3 s) and ``pipeline_vs_infer_in_pipeline`` the pipeline over it: the waiting the stages add,
+  apart from the cores infer shares with them. ``infer_alone_cores`` says how many cores infer
+  alone kept busy (spinning OpenMP threads included). Tailing a file costs
   nothing in the pipeline; scraping ``/metrics`` at 10 Hz would cost CPU in the supervisor.
 - ``pipeline_fps_ui_watched``: the same run again with ``--viewers`` (10) clients holding the UI's
   live view (``/api/live/events``) open from the moment the UI is up; ``ui_watched_ratio`` is
@@ -218,6 +222,28 @@ class LiveViewer(threading.Thread):
                 self.error = str(exc)
 
 
+def _infer_busy(metrics_url: str) -> tuple[float, float] | None:
+    """(items, busy seconds) infer has reported so far: its per-item compute time histogram."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(metrics_url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    count = busy = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("stage") == "infer":
+                if s.name == "remembrall_stage_latency_seconds_count":
+                    count += s.value
+                elif s.name == "remembrall_stage_latency_seconds_sum":
+                    busy += s.value
+    return count, busy
+
+
 def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout: float,
                    viewers: int = 0, run_s: float | None = None, warmup_s: float = 0.0) -> dict[str, Any]:
     """Run ``remembrall run`` on ``video`` and time it at the sink (see the module docstring), with
@@ -235,6 +261,8 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
     preds = out / "predictions.jsonl"
     samples: list[tuple[float, int]] = []
     cpu_at: list[dict[str, float]] = []  # CPU seconds of every process at each sample
+    busy_at: list[tuple[float, float, float]] = []  # (time, infer items, infer busy s), every 3 s
+    metrics_url = None
     cpu: dict[str, float] = {}
     rss: dict[str, int] = {}
     stage_pids: dict[str, int] = {}
@@ -254,6 +282,7 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
                     try:
                         st = json.loads((out / "status.json").read_text())
                         stage_pids = {f"{n} ({s['type']})": s["pid"] for n, s in st["stages"].items() if s["pid"]}
+                        metrics_url = st.get("metrics_url")
                         if viewers and st.get("ui_url"):
                             watching = [LiveViewer(st["ui_url"]) for _ in range(viewers)]
                             for v in watching:
@@ -267,6 +296,10 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
                     r = rss_bytes(pid)
                     if r is not None:
                         rss[name] = max(rss.get(name, 0), r)
+                if metrics_url and not done and (not busy_at or now - busy_at[-1][0] >= 3.0):
+                    got = _infer_busy(metrics_url)
+                    if got is not None:
+                        busy_at.append((time.perf_counter(), *got))
                 if preds.exists():
                     with preds.open("rb") as fh:
                         fh.seek(offset)
@@ -297,7 +330,14 @@ def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout
     (t0, n0), (t1, n1) = samples[start], samples[-1]
     # CPU per frame over the timed window (model loading and warm-up excluded)
     window_cpu = {k: cpu_at[-1].get(k, 0.0) - cpu_at[start].get(k, 0.0) for k in cpu_at[-1]}
+    inside = [b for b in busy_at if t0 <= b[0] <= t1]
+    in_pipeline = None
+    if len(inside) >= 2 and inside[-1][2] > inside[0][2]:
+        # what infer could do per second of its own compute, inside the pipeline (the slowest
+        # stage where it runs): pipeline fps over it says how much waiting the stages add
+        in_pipeline = (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
     return {
+        "infer_capacity_in_pipeline": in_pipeline,
         "fps": (n1 - n0) / (t1 - t0),
         "frames": n1,
         "timed_frames": n1 - n0,
@@ -551,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
         if infer_runs:
             res["infer_fps"] = sum(r.items for r in infer_runs) / sum(r.seconds for r in infer_runs)
             res["infer_runs_fps"] = [round(r.per_s, 2) for r in infer_runs]  # before, after the pipeline
+            # cores the stage alone kept busy (spinning OpenMP threads included) and its CPU per frame
+            res["infer_alone_cores"] = round(sum(r.cpu_s for r in infer_runs) / sum(r.seconds for r in infer_runs), 2)
+            res["infer_alone_cpu_ms_per_item"] = round(1000 * sum(r.cpu_s for r in infer_runs)
+                                                       / sum(r.items for r in infer_runs), 2)
             res["infer_runs_loadavg_1m"] = infer_load
         if "pipeline_fps" in res:
             run = res["pipeline"]
@@ -561,11 +605,14 @@ def main(argv: list[str] | None = None) -> int:
             res["stage_rss_bytes"] = {k.split(" (")[0]: v for k, v in run["rss_bytes"].items()}
             if "decode_fps" in res and "infer_fps" in res:
                 res["pipeline_efficiency"] = res["pipeline_fps"] / min(res["decode_fps"], res["infer_fps"])
+            if run.get("infer_capacity_in_pipeline"):
+                res["pipeline_vs_infer_in_pipeline"] = res["pipeline_fps"] / run["infer_capacity_in_pipeline"]
     res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json(args.json, res)
     rows = [(k, res[k]) for k in ("decode_fps", "infer_fps", "onnxruntime_infer_fps", "pipeline_fps",
                                   "pipeline_fps_ui_watched",
-                                  "ui_watched_ratio", "pipeline_efficiency",
+                                  "ui_watched_ratio", "pipeline_efficiency", "pipeline_vs_infer_in_pipeline",
+                                  "infer_alone_cores",
                                   "transport_fps", "raw_zmq_fps", "transport_efficiency") if k in res]
     for stage, ms in res.get("stage_cpu_ms_per_item", {}).items():
         rows.append((f"{stage}: CPU ms per item, peak RSS MiB",

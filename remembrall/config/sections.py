@@ -36,6 +36,9 @@ class DecodeConfig:
     width: int | None = setting(224, min=8, max=8192)
     height: int | None = setting(224, min=8, max=8192)
     threads: int = setting(0, min=0, help="decoder threads, 0 = FFmpeg's choice")
+    #: scheduling class of the decode processes: low (nice 10) lets them run in inference's gaps
+    #: rather than in the middle of a batch; idle and normal as for retrain
+    cpu_priority: Literal["idle", "low", "normal"] = "normal"
     max_decode_errors: int = setting(100, min=0, help="consecutive undecodable packets before a file is abandoned")
 
 
@@ -54,6 +57,8 @@ class InferConfig:
     head: str = setting("imagenet", help="vision base head: 'imagenet', a head checkpoint path, or 'none' (cold start)")
     text_head: str = setting("none", help="text base head: a head checkpoint path, or 'none' (cold start)")
     queue: int = setting(32, min=1, help="frames infer holds ahead of its batches (more only adds latency)")
+    omp_spin_us: float = setting(200.0, min=0.0, max=100_000.0,
+                                 help="µs infer's OpenMP threads spin before they sleep (GNU OpenMP); 0 = passive")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import logging
 from remembrall.io.errors import SourceError
 from remembrall.io.video import VideoFrame, open_source, redact
 from remembrall.pipeline.messages import Message
+from remembrall.pipeline.priority import set_cpu_priority
 from remembrall.pipeline.runtime import EXIT_BAD_SOURCE
 from remembrall.stages.source import MetricsSourceStats, SourceStage
 
@@ -25,6 +26,8 @@ class DecodeStage(SourceStage):
     def run(self) -> int:
         src = self.source_config()
         dec = self.cfg.decode
+        if dec.cpu_priority != "normal":
+            log.info("%s: decoding at %s CPU priority", self.name, set_cpu_priority(dec.cpu_priority))
         self.socket("out")
         source_stats = MetricsSourceStats(self.name, self.stream)
         try:
