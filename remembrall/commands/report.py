@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 from remembrall.ui.learning import LearningLog
-
-STATIC = Path(__file__).resolve().parents[1] / "ui" / "static"
+from remembrall.ui.pages import PAGES, STATIC, render
 
 
 class ReportError(RuntimeError):
@@ -29,7 +27,6 @@ def _inline_json(data: Any) -> str:
 
 def render_html(summary: dict[str, Any], title: str) -> str:
     """The Learning page with its styles, scripts and ``summary`` inlined."""
-    page = (STATIC / "learning.html").read_text(encoding="utf-8")
 
     def style(name: str) -> str:
         return "<style>\n" + (STATIC / name).read_text(encoding="utf-8") + "\n</style>"
@@ -37,16 +34,11 @@ def render_html(summary: dict[str, Any], title: str) -> str:
     def script(name: str) -> str:
         return "<script>\n" + (STATIC / name).read_text(encoding="utf-8").replace("</script", "<\\/script") + "\n</script>"
 
-    page = page.replace('<link rel="stylesheet" href="/static/style.css">', style("style.css"))
-    page = page.replace('<link rel="stylesheet" href="/static/vendor/uPlot.min.css">', style("vendor/uPlot.min.css"))
-    page = page.replace('<script src="/static/common.js"></script>',
-                        f"<script>window.REMEMBRALL_LEARNING = {_inline_json(summary)};</script>\n" + script("common.js"))
-    page = page.replace('<script src="/static/vendor/uPlot.iife.min.js"></script>', script("vendor/uPlot.iife.min.js"))
-    page = page.replace('<script src="/static/learning.js"></script>', script("learning.js"))
-    page = re.sub(r"<nav>.*?</nav>", f"<nav>{html.escape(title)}</nav>", page, count=1, flags=re.S)
-    page = page.replace('<span class="pulse" id="pulse">connecting…</span>',
-                        f'<span class="pulse">report written {time.strftime("%Y-%m-%d %H:%M")}</span>')
-    return page.replace("<title>remembrall · Learning</title>", f"<title>remembrall report · {html.escape(title)}</title>")
+    learning = next(p for p in PAGES if p.name == "learning")
+    return render(learning, style=style, script=script, title=f"remembrall report · {html.escape(title)}",
+                  nav=html.escape(title),
+                  status=f'<span class="pulse">report written {time.strftime("%Y-%m-%d %H:%M")}</span>',
+                  preamble=f"<script>window.REMEMBRALL_LEARNING = {_inline_json(summary)};</script>\n")
 
 
 def build_report(out: Path, predictions: str = "predictions.jsonl") -> dict[str, Any]:

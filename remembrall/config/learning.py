@@ -91,9 +91,11 @@ class RetrainConfig:
     preempt_s: float = setting(5.0, min=0.0, help="inference backlog this long ends a run (best head so far)")
     threads: int = setting(1, min=0, help="torch threads in the retrain process, 0 = torch default")
     device: str = "cpu"
-    #: on a CPU device, the retrain process's scheduling class: idle (SCHED_IDLE: it runs only
-    #: on CPU time inference leaves), low (nice 10) or normal
-    cpu_priority: Literal["idle", "low", "normal"] = "idle"
+    #: on a CPU device, the retrain process's scheduling class: low (nice 10: inference's threads
+    #: win the cores, training still gets a share when inference keeps them busy), idle
+    #: (SCHED_IDLE: only CPU time inference leaves; a file replayed at full speed starves
+    #: training until it ends) or normal
+    cpu_priority: Literal["idle", "low", "normal"] = "low"
     reptile: bool = True
     reptile_eps_min: float = setting(0.05, min=0.0, max=1.0)
     reptile_eps_max: float = setting(0.5, min=0.0, max=1.0)

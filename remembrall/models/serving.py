@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from remembrall.models.heads import CheckpointError, ClassifierHead, HeadMeta, load_head
+from remembrall.priority import set_cpu_priority
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ class HeadServer:
             )
 
     def _load_loop(self) -> None:
+        # loading and checking a head must not take a core from inference in the middle of a batch
+        set_cpu_priority("low")
         while True:
             req = self._requests.get()
             if req is None:

@@ -13,8 +13,8 @@ import logging
 from remembrall.io.errors import SourceError
 from remembrall.io.video import VideoFrame, open_source, redact
 from remembrall.pipeline.messages import Message
-from remembrall.pipeline.priority import set_cpu_priority
 from remembrall.pipeline.runtime import EXIT_BAD_SOURCE
+from remembrall.priority import set_cpu_priority
 from remembrall.stages.source import MetricsSourceStats, SourceStage
 
 log = logging.getLogger(__name__)

@@ -40,10 +40,10 @@ from remembrall.models.registry import ModelRegistry
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
-from remembrall.pipeline.priority import set_cpu_priority
 from remembrall.pipeline.rundir import modality_path
 from remembrall.pipeline.runtime import Stage
 from remembrall.pipeline.stream_ends import StreamEnds
+from remembrall.priority import set_cpu_priority
 from remembrall.stages.buffer import buffer_path
 from remembrall.stages.samples import BadSample, check_sample
 

@@ -28,11 +28,10 @@ from remembrall.ui.labeldesk import LabelDesk
 from remembrall.ui.learning import LearningLog
 from remembrall.ui.live import LiveFeed
 from remembrall.ui.overview import MetricsView, overview, read_status
+from remembrall.ui.pages import PAGES, STATIC, render
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).parent / "static"
-PAGES = {"/": "overview.html", "/live": "live.html", "/label": "label.html", "/learning": "learning.html"}
 #: control verbs the UI may send to retrain (``remembrall ctl`` has the same and more)
 CONTROL_VERBS = ("rollback", "sleep")
 SECURITY_HEADERS = {
@@ -86,7 +85,7 @@ def _authorize(request: Request, state: UIState) -> None:
 
 def build_app(state: UIState) -> Starlette:
     """The ASGI app of one running pipeline's UI."""
-    pages = {route: (STATIC / name).read_bytes() for route, name in PAGES.items()}
+    pages = {page.route: render(page).encode("utf-8") for page in PAGES}
 
     async def page(request: Request) -> Response:
         token = request.query_params.get("token")
@@ -178,7 +177,7 @@ def build_app(state: UIState) -> Starlette:
             return False
         return True
 
-    routes = [Route(path, page, methods=["GET"]) for path in PAGES]
+    routes = [Route(p.route, page, methods=["GET"]) for p in PAGES]
     routes += [
         Route("/api/overview", api_overview, methods=["GET"]),
         Route("/api/learning", api_learning, methods=["GET"]),
