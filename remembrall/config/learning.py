@@ -91,11 +91,11 @@ class RetrainConfig:
     preempt_s: float = setting(5.0, min=0.0, help="inference backlog this long ends a run (best head so far)")
     threads: int = setting(1, min=0, help="torch threads in the retrain process, 0 = torch default")
     device: str = "cpu"
-    #: on a CPU device, the retrain process's scheduling class: low (nice 10: inference's threads
-    #: win the cores, training still gets a share when inference keeps them busy), idle
-    #: (SCHED_IDLE: only CPU time inference leaves; a file replayed at full speed starves
-    #: training until it ends) or normal
-    cpu_priority: Literal["idle", "low", "normal"] = "low"
+    #: on a CPU device, the retrain process's scheduling class: idle (SCHED_IDLE: only CPU time
+    #: inference leaves; inference keeps 0.97x its speed), low (nice 10: training still gets a
+    #: share when inference keeps every core busy, as on a file read at full speed), normal, or
+    #: auto: low when a source is read at full speed, else idle
+    cpu_priority: Literal["auto", "idle", "low", "normal"] = "auto"
     reptile: bool = True
     reptile_eps_min: float = setting(0.05, min=0.0, max=1.0)
     reptile_eps_max: float = setting(0.5, min=0.0, max=1.0)

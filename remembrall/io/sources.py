@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -125,3 +126,22 @@ def parse_source(src: SourceConfig) -> ParsedSource:
 def detect_modality(src: SourceConfig) -> str:
     """``vision`` or ``text`` for a source."""
     return parse_source(src).modality
+
+
+def read_at_full_speed(src: SourceConfig) -> bool:
+    """A local file, folder or manifest read as fast as the pipeline takes it (not paced like a
+    camera by ``realtime`` or ``max_fps``, nor a named pipe its writer paces): inference then
+    keeps every core busy.
+
+    >>> read_at_full_speed(SourceConfig(uri="clip.mp4")), read_at_full_speed(SourceConfig(uri="clip.mp4", realtime=True))
+    (True, False)
+    >>> read_at_full_speed(SourceConfig(uri="rtsp://cam.local/stream1"))
+    False
+    """
+    parsed = parse_source(src)
+    if parsed.scheme not in ("", "file", "builtin") or src.live == "yes" or src.realtime or src.max_fps:
+        return False
+    try:
+        return parsed.path is None or not stat.S_ISFIFO(parsed.path.stat().st_mode)
+    except OSError:  # not there yet: whoever opens it says what it is
+        return True

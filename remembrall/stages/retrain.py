@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import zmq
 
+from remembrall.io.sources import read_at_full_speed
 from remembrall.learning.arbiter import ComputeArbiter
 from remembrall.learning.episodic import EpisodicMemory, MemoryFileError
 from remembrall.learning.replay import ReplayError, ReplayMemory
@@ -547,7 +548,10 @@ class RetrainStage(Stage):
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
         if self.device == "cpu":  # training takes CPU time inference does not want, never inference's
-            log.info("%s: training on the CPU at %s priority", self.name, set_cpu_priority(self.rcfg.cpu_priority))
+            policy = self.rcfg.cpu_priority
+            if policy == "auto":  # SCHED_IDLE would starve training while a file keeps every core busy
+                policy = "low" if any(read_at_full_speed(src) for src in self.cfg.sources) else "idle"
+            log.info("%s: training on the CPU at %s priority", self.name, set_cpu_priority(policy))
         # exported at zero from the start: rate()/increase() then see the first run too
         m.RETRAIN_RUNS.labels(self.name, "")
         m.RETRAIN_SECONDS.labels(self.name, "")
