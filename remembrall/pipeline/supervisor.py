@@ -95,7 +95,8 @@ class Supervisor:
         self.server = None
         self._frames_seen: dict[str, tuple[float, float]] = {}
         self.started = time.time()
-        self._restarts_pub: Any = None
+        self._zmq: zmq.Context | None = None
+        self._restarts_pub: zmq.Socket | None = None
         self._restarts_sent = 0.0
 
     # ------------------------------------------------------------------ setup
@@ -137,8 +138,8 @@ class Supervisor:
         # other stages (measured: infer 2-5x slower on a busy 2-core machine without this).
         # Infer's own threads spin briefly between the parallel regions of one batch (GNU
         # OpenMP's GOMP_SPINCOUNT, ~100 spins per µs): sleeping and waking there cost the
-        # pipeline 15-25 % of its frames (bench.throughput), while a spin this short costs an
-        # idle camera stream nothing.
+        # pipeline up to a quarter of its frames (bench.throughput, paired runs), while a spin
+        # this short costs an idle camera stream nothing.
         if sp.spec.type == "infer" and self.cfg.infer.omp_spin_us > 0:
             env.setdefault("GOMP_SPINCOUNT", str(int(self.cfg.infer.omp_spin_us * 100)))
         else:
@@ -201,10 +202,10 @@ class Supervisor:
         self._restarts_sent = time.monotonic()
 
     def _close_restarts(self) -> None:
-        if self._restarts_pub is not None:
+        if self._restarts_pub is not None and self._zmq is not None:
             self._restarts_pub.close(0)
             self._zmq.term()
-            self._restarts_pub = None
+            self._restarts_pub = self._zmq = None
 
     def _on_exit(self, sp: StageProcess, rc: int) -> None:
         from prometheus_client import multiprocess

@@ -40,10 +40,9 @@ from remembrall.stages.samples import BadSample, check_sample
 log = logging.getLogger(__name__)
 
 ACCURACY_WINDOW = 500
-
-
 #: Longest infer keeps reading its input past the first refused message before it runs a batch.
 REFUSED_DRAIN_S = 0.01
+
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) of each row of ``probs``."""

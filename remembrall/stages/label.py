@@ -69,9 +69,8 @@ class LabelStage(Stage):
         self.outbox = (Outbox(self.cfg.transport.window, Path(spec.run_dir or ".") / "outbox" / "label",
                               on_store_error=lambda exc: self.write_failed("label outbox", exc))
                        if self.has("acks") else None)
-        if self.outbox is not None and self.outbox.load(lambda msg: msg.get("id")):
-            log.info("%s: %d accepted labels from a previous life were not saved by the buffer yet; "
-                     "sending them again", self.name, len(self.outbox))
+        if self.outbox is not None:  # what a previous life accepted and the buffer had not saved
+            self.outbox.load(lambda msg: msg.get("id"))
 
     def _send_all(self, out: zmq.Socket, answers: list[Labelled], stream: str = "") -> None:
         """Forward labelled samples; rejections since the last call are counted under ``stream``."""
@@ -88,7 +87,6 @@ class LabelStage(Stage):
             self.sent += 1
             m.FRAMES.labels(self.name, msg.stream).inc()
         self.drops.sync(self.labeler.rejected, stream)
-
 
     def handle(self, msg: Message, out: zmq.Socket) -> None:
         if msg.kind == "label":  # a human's answer arriving on the selected socket is fine too
@@ -114,7 +112,7 @@ class LabelStage(Stage):
         if self.outbox is not None:
             self.sender = AckedSender(self, out, self.socket("acks"), self.socket("restarts"), self.outbox,
                                       RestartWatch(self.spec.params.get("resend_on", [])))
-            self.sender.resend(["a previous life"], reason="ended early")
+            self.sender.resend(["the buffer had not saved what a previous life"], reason="accepted")
         poller = zmq.Poller()
         poller.register(inp, zmq.POLLIN)
         if labels is not None:
