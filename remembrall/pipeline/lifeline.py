@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import signal
 import threading
@@ -71,7 +72,15 @@ class Lifeline:
 
     def supervisor_gone(self) -> None:
         """Record that the supervisor died; the exit deadline starts now (idempotent)."""
+        self._arm_deadline()
         self._gone.set()
+
+    def _arm_deadline(self) -> None:
+        """A deadline the kernel keeps: SIGALRM (default action: end the process) a second after
+        the grace period. The watcher's own exit needs the GIL, and a low-priority main thread
+        (decode runs at nice 10) holding it on a busy machine could keep it waiting."""
+        if not self._gone.is_set():
+            signal.alarm(math.ceil(self.grace_s) + 1)
 
     def _supervisor_exists(self) -> bool:
         try:
@@ -85,6 +94,7 @@ class Lifeline:
     def _watch(self) -> None:
         while not self._gone.wait(CHECK_EVERY_S):
             if os.getppid() != self.parent_pid or not self._supervisor_exists():
+                self._arm_deadline()
                 self._gone.set()
                 # wake the main thread's handler (it may sit in a blocking call); before the
                 # handler is installed, the signal's default action ends the process
