@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine, print_table, write_json
-from remembrall.monitoring.process_cost import rss_bytes
+from remembrall.heap import rss_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 

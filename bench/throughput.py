@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import Rate, loadavg_1m, machine, measure_rate, print_table, write_json
-from remembrall.monitoring.process_cost import rss_bytes
+from remembrall.heap import rss_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSPORT_SHAPE = (1080, 1920, 3)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # System packages the tests and benchmarks use (Debian/Ubuntu, as root): a real RTSP server
 # (gst-rtsp-server), a real Prometheus, a real headless browser (Chromium and its driver, for the
-# UI tests), OpenCV's sample videos and Fashion-MNIST.
+# UI tests), real brokers (Mosquitto, Redis), OpenCV's sample videos and Fashion-MNIST.
 # Skips what is already there; without root or apt it only says what is missing.
 set -euo pipefail
 pkgs=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base
       gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-tools prometheus dataset-fashion-mnist
-      chromium chromium-driver)
+      chromium chromium-driver mosquitto redis-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

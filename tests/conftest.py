@@ -198,3 +198,7 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Real brokers (Mosquitto, Redis) on loopback: fixtures `mosquitto` and `redis_server`.
+from tests.broker_servers import mosquitto, redis_server  # noqa: E402, F401

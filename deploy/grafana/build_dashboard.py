@@ -7,8 +7,8 @@ instead of eighty lines of JSON. ``python deploy/grafana/build_dashboard.py`` re
 (tests/test_monitoring_assets.py runs it).
 
 Each panel's description ends with ``Needs: X.`` when the panel stays empty unless the pipeline
-has feature X: a stage type (``select``, ``buffer``, ``label``, ``retrain``) or ``labels``
-(a stream that carries ground-truth labels, for online accuracy). The operator reads why a
+has feature X: a stage type (``select``, ``buffer``, ``label``, ``retrain``), ``labels``
+(a stream that carries ground-truth labels, for online accuracy) or ``brokers`` (sink.brokers). The operator reads why a
 panel is empty; the end-to-end test reads which panels the running pipeline must fill.
 """
 
@@ -216,6 +216,21 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]
         ("Metrics endpoint scraped", "state-timeline", "none",
          "Prometheus's own view: 1 while it can scrape the pipeline's /metrics.",
          [q('up{job="remembrall"}', "{{instance}}")], 12),
+        ("Broker lines/s", "timeseries", "cps",
+         "Lines each broker of sink.brokers confirmed per second, and lines dropped by reason: buffer_full "
+         "(unreachable longer than sink.broker_buffer lasts), refused (credentials), too_large, error, "
+         "shutdown. Needs: brokers.",
+         [q(f"sum by (broker) (rate(remembrall_broker_published_total{{{S}}}[{RI}]))", "{{broker}} sent"),
+          q(f"sum by (broker, reason) (rate(remembrall_broker_dropped_total{{{S}}}[{RI}]))",
+            "{{broker}} dropped {{reason}}")], 8),
+        ("Broker lines waiting", "timeseries", "none",
+         "Lines queued in the sink for each broker: they grow while it is unreachable and are sent after "
+         "it comes back, up to sink.broker_buffer. Needs: brokers.",
+         [q(f"max by (broker) (remembrall_broker_buffered{{{S}}})", "{{broker}}")], 8),
+        ("Broker connected", "state-timeline", "none",
+         "1 while the sink is connected to the broker, 0 while it reconnects (backoff up to 30 s) or is "
+         "refused. Needs: brokers.",
+         [q(f"max by (broker) (remembrall_broker_connected{{{S}}})", "{{broker}}")], 8),
     ]),
 ]
 

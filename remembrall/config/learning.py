@@ -143,3 +143,10 @@ class ZooConfig:
                                    help="how much better a zoo key must match the scene than the serving one")
     recall_labels: int = setting(8, min=0, help="newest labels a recalled specialist is checked on")
     routing: Literal["scene", "batch"] = setting("scene", help="scene: swap on a scene change; batch: per batch")
+    #: A zoo shared by a fleet: a folder every host mounts, or redis://HOST/DB?stream=KEY. Each
+    #: specialist this pipeline keeps is published there; the fleet's are imported when they fit.
+    share: str | None = None
+    fleet: str = setting("default", help="the fleet's name: specialists of another fleet are refused")
+    origin: str = setting("", help="this pipeline's name in the fleet (default: HOST-OUTDIR)")
+    share_every_s: float = setting(5.0, min=0.1, max=3600.0, help="how often the shared zoo is read")
+    fleet_check_labels: int = setting(3, min=1, help="local labels a fleet specialist must be checked on before it serves")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from remembrall.config.base import setting
+from remembrall.config.base import section, setting
 
 
 @dataclass
@@ -67,6 +67,12 @@ class SinkConfig:
     path: str = "predictions.jsonl"
     pub: str | None = None
     flush_every: int = setting(32, min=1)
+    #: Brokers that also get every prediction line (``mqtt://HOST/TOPIC?qos=1``,
+    #: ``redis://HOST/DB?stream=KEY&maxlen=N``; ``events=yes`` adds the run's model events);
+    #: credentials come from the environment, see docs/brokers-sink.md.
+    brokers: list[str] = section(list)
+    broker_buffer: int = setting(10000, min=1, help="messages kept per broker while it is unreachable; "
+                                 "beyond, the oldest are dropped")
 
 
 @dataclass
@@ -113,3 +119,7 @@ class SupervisorConfig:
     #: A stage whose supervisor died saves what it holds locally and exits; past this many
     #: seconds it exits however far it got.
     orphan_exit_s: float = setting(5.0, min=0.5, max=60.0)
+    #: A stage whose resident memory grew by this fraction above its steady level gives the
+    #: heap's free pages back to the OS (glibc ``malloc_trim``): RSS then tracks live memory,
+    #: and a real leak stands out; 0: never.
+    heap_trim_growth: float = setting(0.02, min=0.0, max=10.0)

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 from remembrall.config import SourceConfig
 from remembrall.io.errors import SourceError
 
-_TEXT_SCHEMES = {"-", "zmq", "http+listen", "follow"}
+_TEXT_SCHEMES = {"-", "zmq", "http+listen", "follow", "mqtt", "mqtts", "redis", "rediss"}
 _TEXT_SUFFIXES = (".txt", ".log", ".text", ".ndjson")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _CAMERA_RE = re.compile(r"^/dev/video\d+$")

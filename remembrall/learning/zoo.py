@@ -63,6 +63,8 @@ class Specialist:
     recalls: int = 0
     streams: list[str] = field(default_factory=list)
     labels_seen: int = 0
+    origin: str = ""  # another pipeline of the fleet that trained it ("": this one)
+    origin_version: int = 0  # its version there
 
 
 def scene_key(embeddings: np.ndarray, prototypes: int, seed: int = 0) -> np.ndarray:
@@ -204,8 +206,10 @@ class SpecialistZoo:
 
     # ------------------------------------------------------------------ writing (one writer)
     def add(self, head: ClassifierHead, meta: HeadMeta, scene: np.ndarray, streams: list[str],
-            labels_seen: int = 0, save: bool = True) -> Specialist:
-        """Store an accepted head with the key of ``scene`` (its recent training embeddings).
+            labels_seen: int = 0, save: bool = True, *, key: np.ndarray | None = None, origin: str = "",
+            origin_version: int = 0) -> Specialist:
+        """Store an accepted head with the key of ``scene`` (its recent training embeddings), or
+        with ``key`` itself (a fleet's specialist: ``origin`` trained it as ``origin_version``).
         ``save=False`` defers the index write (bulk imports: call :meth:`save` once after)."""
         if head.in_dim != self.dim:
             raise ZooError(f"a {head.in_dim}-d head does not fit a {self.dim}-d zoo")
@@ -213,8 +217,13 @@ class SpecialistZoo:
         file = f"spec-v{meta.version}.pt"
         save_head(self.dir / file, head, meta)
         entry = Specialist(meta.version, file, list(head.classes), meta.val_accuracy, meta.created or time.time(),
-                           0, sorted(set(streams)), labels_seen)
-        codes, scales = quantize_rows(scene_key(scene, self.prototypes)[None])
+                           0, sorted(set(streams)), labels_seen, origin, origin_version)
+        if key is None:
+            key = scene_key(scene, self.prototypes)
+        else:  # another pipeline's zoo.prototypes: cut, or pad with zero rows (they score 0)
+            key = np.vstack([key, np.zeros((max(0, self.prototypes - len(key)), self.dim), np.float32)])
+            key = key[:self.prototypes]
+        codes, scales = quantize_rows(np.asarray(key, np.float32)[None])
         old = [i for i, e in enumerate(self.entries) if e.version == meta.version]
         if old:
             self.entries.pop(old[0])
@@ -225,6 +234,10 @@ class SpecialistZoo:
         if save:
             self.save()
         return entry
+
+    def from_origin(self, origin: str, origin_version: int) -> Specialist | None:
+        """The entry imported from ``origin``'s ``origin_version``, if this zoo holds it."""
+        return next((e for e in self.entries if e.origin == origin and e.origin_version == origin_version), None)
 
     def note_recall(self, version: int) -> None:
         entry = self.get(version)

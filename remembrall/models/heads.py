@@ -69,14 +69,19 @@ class ClassifierHead(nn.Module):
         return self.net(x)
 
 
-def save_head(path: str | os.PathLike[str], head: ClassifierHead, meta: HeadMeta) -> None:
-    """Write a head checkpoint atomically."""
+def head_bytes(head: ClassifierHead, meta: HeadMeta) -> bytes:
+    """A head checkpoint as bytes (what :func:`save_head` writes; a fleet shares it as is)."""
     if meta.classes != head.classes or meta.in_dim != head.in_dim:
         raise ValueError("metadata does not describe this head")
     buf = io.BytesIO()
     state = {k: v.detach().to("cpu", torch.float32) for k, v in head.state_dict().items()}
     torch.save({"format": CHECKPOINT_FORMAT, "meta": asdict(meta), "hidden": head.hidden, "state": state}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_head(path: str | os.PathLike[str], head: ClassifierHead, meta: HeadMeta) -> None:
+    """Write a head checkpoint atomically."""
+    atomic_write_bytes(path, head_bytes(head, meta))
 
 
 def load_head(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[ClassifierHead, HeadMeta]:
@@ -84,21 +89,28 @@ def load_head(path: str | os.PathLike[str], map_location: str | torch.device = "
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found")
+    return head_from_bytes(p, str(p), map_location)
+
+
+def head_from_bytes(data: bytes | Path, where: str = "<bytes>", map_location: str | torch.device = "cpu"
+                    ) -> tuple[ClassifierHead, HeadMeta]:
+    """Read and check a head checkpoint (bytes, or a file); any problem is a :class:`CheckpointError`."""
     try:
-        blob = torch.load(p, map_location=map_location, weights_only=True)
+        blob = torch.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location=map_location,
+                          weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{where}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         fmt = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-        raise CheckpointError(f"{p}: unsupported checkpoint format {fmt!r} (expected {CHECKPOINT_FORMAT})")
+        raise CheckpointError(f"{where}: unsupported checkpoint format {fmt!r} (expected {CHECKPOINT_FORMAT})")
     try:
         meta = HeadMeta(**blob["meta"])
         head = ClassifierHead(meta.in_dim, meta.classes, hidden=int(blob.get("hidden", 0)))
         head.load_state_dict(blob["state"])
     except Exception as exc:
-        raise CheckpointError(f"{p}: checkpoint contents do not match its metadata ({exc})") from None
+        raise CheckpointError(f"{where}: checkpoint contents do not match its metadata ({exc})") from None
     for name, tensor in head.state_dict().items():
         if not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{p}: parameter {name} has non-finite values")
+            raise CheckpointError(f"{where}: parameter {name} has non-finite values")
     head.eval()
     return head, meta

@@ -123,6 +123,10 @@ ZOO_RESIDENT = Gauge(
     "remembrall_zoo_resident", "Specialists resident on the inference device.", ["stage", "modality"],
     multiprocess_mode="livemax",
 )
+ZOO_SHARED = Counter(
+    "remembrall_zoo_shared", "Specialists exchanged with the fleet's shared zoo, by outcome "
+    "(published, imported, refused, unavailable).", ["stage", "modality", "outcome"]
+)
 ZOO_RECALLS = Counter(
     "remembrall_zoo_recalls", "Specialists recalled from the zoo (a returning scene).", ["stage", "modality"]
 )
@@ -158,6 +162,10 @@ STAGE_CPU = Counter(
 STAGE_RSS = Gauge(
     "remembrall_stage_rss_bytes", "Resident memory of a stage process.", ["stage"], multiprocess_mode="livemax",
 )
+HEAP_RELEASED = Counter(
+    "remembrall_heap_released_bytes", "Free heap a stage process gave back to the OS (malloc_trim, supervisor.heap_trim_growth).",
+    ["stage"],
+)
 MODEL_BYTES = Gauge(
     "remembrall_model_bytes", "Bytes the models occupy in infer, by part (backbone, heads, memory, zoo_index).",
     ["stage", "part"], multiprocess_mode="livemax",
@@ -175,4 +183,23 @@ UNACKED = Gauge(
 WRITE_ERRORS = Counter(
     "remembrall_write_errors", "Writes of a stage's files that failed (full disk, permissions), by file.",
     ["stage", "what"],
+)
+
+# ---------------------------------------------------------------------------- brokers (sink.brokers)
+BROKER_PUBLISHED = Counter(
+    "remembrall_broker_published", "Lines a broker confirmed (MQTT: written, or PUBACK at QoS 1; Redis: XADD), "
+    "by broker URL without secrets.", ["stage", "broker"],
+)
+BROKER_DROPPED = Counter(
+    "remembrall_broker_dropped", "Lines not delivered to a broker, by reason: buffer_full (it was unreachable "
+    "longer than sink.broker_buffer lasts), refused (credentials or permission), too_large, error, shutdown.",
+    ["stage", "broker", "reason"],
+)
+BROKER_BUFFERED = Gauge(
+    "remembrall_broker_buffered", "Lines waiting to be sent to a broker.", ["stage", "broker"],
+    multiprocess_mode="livesum",
+)
+BROKER_CONNECTED = Gauge(
+    "remembrall_broker_connected", "1 while connected to the broker, 0 while (re)connecting or refused.",
+    ["stage", "broker"], multiprocess_mode="livemax",
 )

@@ -4,22 +4,11 @@ as ``remembrall_stage_cpu_seconds_total`` and ``remembrall_stage_rss_bytes``. CP
 
 from __future__ import annotations
 
-import os
 import resource
 import threading
 
+from remembrall.heap import rss_bytes
 from remembrall.monitoring import metrics as m
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def rss_bytes(pid: int | str = "self") -> int | None:
-    """Resident set size of ``pid`` from /proc (None where there is no /proc or no such process)."""
-    try:
-        with open(f"/proc/{pid}/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def cpu_seconds() -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -28,6 +29,22 @@ def _ok_probe() -> tuple[bool, dict]:
 class MetricsServer:
     """Serve aggregated metrics and health probes on ``host:port`` (port 0 picks a free one)."""
 
+    #: A stage process that is starting creates its metrics files empty and fills them a moment
+    #: later: a scrape that meets one tries again this often before it answers 500.
+    COLLECT_TRIES = 5
+
+    def collect(self) -> bytes | None:
+        """The exposition of every process's metrics, or None (logged) when it cannot be read."""
+        for attempt in range(self.COLLECT_TRIES):
+            try:
+                return generate_latest(self.registry)
+            except Exception as exc:  # a half-written metrics file must not kill the endpoint
+                if attempt == self.COLLECT_TRIES - 1:
+                    log.warning("metrics aggregation failed: %s", exc)
+                    return None
+                time.sleep(0.02 * (attempt + 1))
+        return None
+
     def __init__(self, multiproc_dir: str | None, host: str = "127.0.0.1", port: int = 9108,
                  healthz: Probe = _ok_probe, readyz: Probe = _ok_probe) -> None:
         if multiproc_dir:
@@ -43,10 +60,8 @@ class MetricsServer:
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 route = self.path.split("?", 1)[0]
                 if route == "/metrics":
-                    try:
-                        body = generate_latest(server.registry)
-                    except Exception as exc:  # a half-written metrics file must not kill the endpoint
-                        log.warning("metrics aggregation failed: %s", exc)
+                    body = server.collect()
+                    if body is None:
                         self._reply(500, b"metrics aggregation failed\n", "text/plain")
                         return
                     self._reply(200, body, CONTENT_TYPE_LATEST)

@@ -81,6 +81,25 @@ class SeqLedger:
         self._w[stream] = w
         return True
 
+    def begin(self, stream: str, first_seq: int) -> None:
+        """A producer's seqs of ``stream`` start at ``first_seq`` in its current life (a source
+        that cannot resume numbers each life past the last): every seq below is done with, so
+        the watermark can move on instead of waiting for a gap that will never fill."""
+        w = self._w.get(stream, -1)
+        if first_seq - 1 <= w:
+            return
+        above = self._above.setdefault(stream, set())
+        w = first_seq - 1
+        above.difference_update([s for s in above if s <= w])
+        while w + 1 in above:
+            w += 1
+            above.discard(w)
+        self._w[stream] = w
+
+    def seen(self, stream: str, seq: int) -> bool:
+        """Whether ``seq`` of ``stream`` was written already."""
+        return seq <= self._w.get(stream, -1) or seq in self._above.get(stream, ())
+
     def watermark(self, stream: str) -> int:
         """Highest seq up to which every seq of ``stream`` was written (-1: none)."""
         return self._w.get(stream, -1)

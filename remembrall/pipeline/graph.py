@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from remembrall.config import Config, ConfigError, config_to_dict
+from remembrall.io.brokers import BrokerUrlError, check_url, check_urls, is_broker_url
 from remembrall.io.sources import detect_modality
 from remembrall.pipeline.runtime import StageSpec
 
@@ -34,6 +35,12 @@ def restarts_address(run_dir: Path) -> str:
 
 def build_graph(cfg: Config, run_dir: Path, out_dir: Path) -> list[StageSpec]:
     """Return the stage specs of the whole pipeline, sources last (they start last)."""
+    try:  # a stage that cannot parse its broker URLs would only crash and restart
+        check_urls(cfg.sink.brokers, "sink.brokers")
+        if cfg.zoo.share and is_broker_url(cfg.zoo.share):
+            check_url(cfg.zoo.share, "zoo.share")
+    except BrokerUrlError as exc:
+        raise ConfigError(str(exc)) from None
     plain = config_to_dict(cfg)
     modalities = {src.id: detect_modality(src) for src in cfg.sources}
     streams = [src.id for src in cfg.sources]

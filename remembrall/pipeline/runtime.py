@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from remembrall.config import Config, config_from_plain
+from remembrall.heap import HeapTrimmer
 from remembrall.io.endpoints import open_socket
 from remembrall.monitoring import metrics as m
 from remembrall.monitoring.journal import Journal
@@ -103,6 +104,10 @@ class Stage:
         self.journal = Journal(spec.out_dir or None, spec.name)
         self.cost = ProcessCost(spec.name)  # CPU seconds and RSS of this process, as metrics
         self.cost.start()
+        self.heap = HeapTrimmer(self.cfg.supervisor.heap_trim_growth,
+                                on_release=m.HEAP_RELEASED.labels(spec.name).inc)
+        if self.cfg.supervisor.heap_trim_growth:
+            self.heap.start()
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -170,6 +175,7 @@ class Stage:
         ZeroMQ's I/O thread, silently losing the tail of a file run. An orphan waits for nobody.
         """
         self.cost.stop()
+        self.heap.stop()
         linger = 0 if self.orphaned else None
         for sock in self._sockets.values():
             sock.close(linger=linger)

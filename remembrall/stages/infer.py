@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import zmq
 
+from remembrall.heap import release_free_heap
 from remembrall.models.backbone import resolve_device
 from remembrall.models.modality import Modality, base_head, kind_modality, open_modality
 from remembrall.models.serving import HeadServer, SwapRequest
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 ACCURACY_WINDOW = 500
 #: Longest infer keeps reading its input past the first refused message before it runs a batch.
 REFUSED_DRAIN_S = 0.01
+
+
+#: Fields of an input item that its prediction carries on to the sink (PROTOCOL.md §10).
+DELIVERY_FIELDS = ("once", "redelivered")
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -78,7 +83,8 @@ class InferStage(Stage):
         self.memory = (MemoryKeeper(self.cfg, spec.run_dir, dims, self.device, self.name)
                        if learn and self.cfg.memory.enabled else None)
         self.router = ZooRouter(self.cfg, spec.run_dir, dims, self.heads, self.name) if learn and self.cfg.zoo.enabled else None
-        self._consolidated: set[tuple[str, int]] = set()
+        self._consolidated: set[tuple[str, int]] = set()  # consolidated heads announced, not serving yet
+        self._pruned_for: set[tuple[str, int]] = set()  # a head re-announced (retrain restarted) prunes no more
         self.queue: deque[tuple[Message, Any]] = deque()  # (message, its payload)
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         self.topk = icfg.topk
@@ -92,11 +98,9 @@ class InferStage(Stage):
 
     # ------------------------------------------------------------------ setup
     def _warm_up(self) -> None:
-        """One full batch through the vision encoder before the first frame. The allocator keeps
-        the footprint of the largest batch it has seen (glibc returns little of it), so a camera
-        stream whose batches are usually small grew its RSS in steps for half an hour whenever a
-        larger one first came (bench.soak: +6.7 %); now the plateau is reached at start, and the
-        first real batch pays no kernel set-up either."""
+        """One full batch through the vision encoder before the first frame: the first real batch
+        pays no kernel set-up. What the warm-up's activations leave in the heap is given back to
+        the OS at once, so RSS starts from what is live (see remembrall/heap.py)."""
         vision = self.modalities.get("vision")
         if vision is None:
             return
@@ -106,6 +110,7 @@ class InferStage(Stage):
         vision.embed([np.zeros((h, w, 3), np.uint8)] * self.cfg.infer.batch_size)
         log.info("%s: warmed up on a batch of %d in %.2f s", self.name, self.cfg.infer.batch_size,
                  time.monotonic() - t0)
+        release_free_heap()
 
     def _load_base_heads(self) -> None:
         for modality in self.modalities:
@@ -272,6 +277,7 @@ class InferStage(Stage):
             if key in self._consolidated and self.memory is not None and served is not None \
                     and req.role == "specialized" and served.meta.version == req.version:
                 self._consolidated.discard(key)  # prune only once the consolidated head serves
+                self._pruned_for.add(key)
                 self.memory.prune(req.modality, served)
 
     def _device_gauges(self) -> None:
@@ -320,7 +326,8 @@ class InferStage(Stage):
                 continue  # retrain re-publishes the current model periodically
             self._announced.add(key)
             if role == "specialized" and fields.get("consolidated") and modality != "auto":
-                self._consolidated.add((modality, version))
+                if (modality, version) not in self._pruned_for:
+                    self._consolidated.add((modality, version))
             if not Path(path).is_absolute() and self.spec.run_dir:
                 path = str(Path(self.spec.run_dir) / path)
             self.heads.request_swap(SwapRequest(modality, role, path, version))
@@ -396,6 +403,9 @@ class InferStage(Stage):
                     fields["model_version"] = served.meta.version if served is not None else 0
                 else:
                     fields.update(top=[], pred=None, entropy=None)
+                for key in DELIVERY_FIELDS:  # for the sink: write once; mark a broker's redelivery
+                    if msg.get(key) is not None:
+                        fields[key] = msg.get(key)
                 label = msg.get("label")
                 if label is not None:
                     fields["label"] = label

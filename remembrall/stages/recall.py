@@ -296,10 +296,20 @@ class ZooRouter:
 
     def _no_worse_on_new_labels(self, modality: str, version: int, serving: ServedHead | None) -> bool:
         """The candidate must be at least as accurate as the serving head on the labels that
-        arrived while the current scene filled the recent window (none: the key match decides)."""
+        arrived while the current scene filled the recent window (none: the key match decides).
+        A specialist another pipeline of the fleet trained must always pass this check, on at
+        least ``zoo.fleet_check_labels`` labels, against the serving head or, before there is
+        one, the base head (none: it must get half of them right)."""
         since = self.items[modality] - self.zcfg.recall_window
-        newest = [(e, y) for at, e, y in self.labels[modality] if at >= since][-self.zcfg.recall_labels:]
-        if not newest or serving is None or self.zcfg.recall_labels == 0:
+        entry = self.zoos[modality].get(version)
+        foreign = entry is not None and bool(entry.origin)
+        wanted = max(self.zcfg.recall_labels, self.zcfg.fleet_check_labels) if foreign else self.zcfg.recall_labels
+        newest = [(e, y) for at, e, y in self.labels[modality] if at >= since][-wanted:] if wanted else []
+        if foreign:
+            serving = serving or self.heads.base.get(modality)
+            if len(newest) < self.zcfg.fleet_check_labels:
+                return False  # not checked on this camera's labels yet
+        elif not newest or serving is None:
             return True
         try:
             head, meta = self.zoos[modality].open_head(version)
@@ -308,10 +318,12 @@ class ZooRouter:
             log.warning("%s: not recalling v%d: %s", self.stage, version, exc)
             return False
         x = np.stack([e for e, _ in newest])
-        cand = head_probs(ServedHead(head, meta), x).argmax(1)
-        cur = head_probs(serving, x).argmax(1)
         ys = [y for _, y in newest]
+        cand = head_probs(ServedHead(head, meta), x).argmax(1)
         acc_cand = np.mean([meta.classes[i] == y for i, y in zip(cand, ys, strict=True)])
+        if serving is None:
+            return bool(acc_cand >= 0.5)
+        cur = head_probs(serving, x).argmax(1)
         acc_cur = np.mean([serving.meta.classes[i] == y for i, y in zip(cur, ys, strict=True)])
         return bool(acc_cand >= acc_cur)
 

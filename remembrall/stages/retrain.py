@@ -46,6 +46,7 @@ from remembrall.pipeline.runtime import Stage
 from remembrall.pipeline.stream_ends import StreamEnds
 from remembrall.priority import set_cpu_priority
 from remembrall.stages.buffer import buffer_path
+from remembrall.stages.fleet_zoo import FleetZoo
 from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ class RetrainStage(Stage):
         self._denied_since: float | None = None
         self._last_publish = 0.0
         self._pub: zmq.Socket | None = None
+        #: the fleet's shared zoo (``zoo.share``): what this pipeline learns goes out, the fleet's comes in
+        self.fleet = (FleetZoo(self.cfg, self.name, spec.out_dir or str(self.run_dir), self.journal.write)
+                      if self.cfg.zoo.enabled and self.cfg.zoo.share else None)
         for modality in ("vision", "text"):
             if buffer_path(self.bcfg, self.run_dir, modality).exists() or self._registry(modality).versions():
                 self._state(modality)
@@ -163,7 +167,10 @@ class RetrainStage(Stage):
         head = st.serving or st.base
         if head is None:
             return None  # opened with the first trained head
-        return SpecialistZoo(root, modality, head.in_dim, z.prototypes, z.capacity)
+        zoo = SpecialistZoo(root, modality, head.in_dim, z.prototypes, z.capacity)
+        # a specialist imported from the fleet holds a version no registry file does
+        st.registry.next_version = max(st.registry.next_version, max(zoo.versions(), default=0) + 1)
+        return zoo
 
     def _memory_items(self, st: ModalityState, dim: int) -> tuple[np.ndarray, list[str]]:
         """What infer's episodic memory holds (its last atomic save), for a consolidation run."""
@@ -513,6 +520,22 @@ class RetrainStage(Stage):
             log.error("%s: specialist v%d not kept in the zoo: %s", self.name, meta.version, exc)
             return
         m.ZOO_SIZE.labels(self.name, st.modality).set(len(st.zoo))
+        if self.fleet is not None:
+            self.fleet.publish(st.zoo, head, meta, st.modality, st.run_seen)
+
+    def _sync_fleet(self) -> None:
+        """Import the fleet's new specialists into each modality's zoo (opened once there is a head)."""
+        assert self.fleet is not None
+        zoos = {}
+        for modality, st in self.states.items():
+            if st.zoo is None:
+                st.zoo = self._zoo(modality)
+            meta = st.serving_meta or st.base_meta
+            zoos[modality] = (st.zoo, st.registry, list(meta.classes) if meta is not None else None)
+        if self.fleet.sync(zoos):
+            for modality, st in self.states.items():
+                if st.zoo is not None:
+                    m.ZOO_SIZE.labels(self.name, modality).set(len(st.zoo))
 
     def on_infer_load(self, fields: dict[str, Any]) -> None:
         """Infer's load report: backlog for the arbiter, memory fill for sleep, zoo recalls to follow."""
@@ -601,10 +624,14 @@ class RetrainStage(Stage):
                     if st.run.done:
                         self._finish(st)
             m.GPU_SHARE.labels(self.name, "").set(self.arbiter.share())
+            if self.fleet is not None and not busy:
+                self._sync_fleet()
             self._republish()
             idle = all(st.run is None and not self._should_start(st, True) for st in self.states.values())
             if draining and (idle or self.stopping):
                 break
         log.info("%s: done; %d heads announced, %d runs rejected", self.name, len(self.published),
                  self.rejected_runs)
+        if self.fleet is not None:
+            self.fleet.close()
         return 0

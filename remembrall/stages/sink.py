@@ -5,6 +5,11 @@ becomes exactly-once: each (stream, seq) is written once, and what is flushed is
 the sources, which send again whatever a crashed stage lost. The file is opened for append: a
 restarted sink keeps what its previous life wrote and knows, from its checkpoint and the lines
 after it, what not to write twice.
+
+With ``sink.brokers`` every written line is also published to MQTT topics and Redis Streams
+(:mod:`remembrall.io.brokers.publish`): queued in memory and sent by a thread per broker, so a
+slow or dead broker never holds the sink; a URL with ``events=yes`` also gets the run's model
+events (``OUT/events.jsonl``, followed from where it ended when the sink started).
 """
 
 from __future__ import annotations
@@ -19,7 +24,16 @@ from typing import Any
 import zmq
 
 from remembrall.atomic import atomic_write_bytes
+from remembrall.io.brokers.publish import (
+    DROP_REASONS,
+    BrokerPublisher,
+    PublisherHooks,
+    close_all,
+    open_publisher,
+)
+from remembrall.io.brokers.urls import parse_broker_url
 from remembrall.monitoring import metrics as m
+from remembrall.monitoring.journal import FILE_NAME as EVENTS_FILE
 from remembrall.pipeline.delivery import MAX_ABOVE, SeqLedger, ledger_state_bytes
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
@@ -33,6 +47,10 @@ FLUSH_EVERY_S = 0.05
 CHECKPOINT_EVERY_S = 1.0
 #: Acknowledgements are repeated this often even when nothing moved.
 ACK_REPEAT_S = 0.5
+#: How often the events journal is looked at for new lines to publish (``events=yes`` brokers).
+EVENTS_POLL_S = 0.25
+#: Longest the sink's exit waits for brokers to take what is queued for them.
+BROKER_CLOSE_S = 2.0
 
 
 def prediction_record(msg: Message) -> dict[str, Any]:
@@ -50,6 +68,8 @@ def prediction_record(msg: Message) -> dict[str, Any]:
     }
     if msg.get("label") is not None:
         rec["label"] = msg.get("label")
+    if msg.get("redelivered"):
+        rec["redelivered"] = True
     return rec
 
 
@@ -64,9 +84,52 @@ def prediction_problem(msg: Message, streams: list[str]) -> str | None:
     return None
 
 
+class EventTail:
+    """Follows a JSON Lines journal from its end at creation: :meth:`poll` returns the whole lines
+    appended since (raw bytes, without the newline); a line still being written waits for the next
+    poll, a garbled one is skipped. At most ``max_read`` bytes are read per poll."""
+
+    def __init__(self, path: Path, max_read: int = 1 << 20) -> None:
+        self.path = path
+        self.max_read = max_read
+        try:
+            self.offset = path.stat().st_size
+        except OSError:
+            self.offset = 0
+
+    def poll(self) -> list[bytes]:
+        try:
+            with self.path.open("rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size < self.offset:  # replaced or cut: start over
+                    self.offset = 0
+                if size == self.offset:
+                    return []
+                fh.seek(self.offset)
+                data = fh.read(min(size - self.offset, self.max_read))
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            if len(data) >= self.max_read:  # one line longer than we read: skip it
+                self.offset += len(data)
+            return []
+        self.offset += end
+        lines = []
+        for raw in data[:end].splitlines():
+            try:
+                rec = json.loads(raw)
+            except ValueError:  # the tail of a line cut before we started, or garbage
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("event"), str):
+                lines.append(raw)
+        return lines
+
+
 class SinkStage(Stage):
-    """Writes predictions; each (stream, seq) once (a re-sent item is dropped as ``duplicate``),
-    and acknowledges to the sources what is flushed (PROTOCOL.md §10)."""
+    """Writes predictions; each (stream, seq) of a stream delivered at least once (``once``) just
+    once (a re-sent item is dropped as ``duplicate``), and acknowledges to the sources what is
+    flushed (PROTOCOL.md §10). A live stream's items are written as they come."""
 
     type = "sink"
 
@@ -78,9 +141,14 @@ class SinkStage(Stage):
         self._state_saved = 0.0
         self._acked: dict[str, tuple[int, int]] = {}
         self._acks_sent = 0.0
-        self._batch: list[tuple[str, str]] = []  # (stream, line) written but not flushed
+        #: (stream, line, (stream, seq) of an item delivered at least once) not flushed yet
+        self._batch: list[tuple[str, str, tuple[str, int] | None]] = []
+        self._batch_keys: set[tuple[str, int]] = set()
         self._fd = -1
         self._good = 0  # the file's length up to its last whole line
+        self._brokers: list[BrokerPublisher] = []
+        self._events: EventTail | None = None
+        self._events_polled = 0.0
 
     def run(self) -> int:
         inp = self.socket("in")
@@ -93,8 +161,11 @@ class SinkStage(Stage):
         # append: a restarted sink keeps what its previous life wrote
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._good = os.fstat(self._fd).st_size
+        self._open_brokers()
         try:
             while True:
+                if self._events is not None and time.monotonic() - self._events_polled >= EVENTS_POLL_S:
+                    self._publish_events()
                 msg = self.recv(inp, 50)
                 if self._batch and (msg is None or len(self._batch) >= self.cfg.sink.flush_every
                                     or time.monotonic() - flushed_at >= FLUSH_EVERY_S):
@@ -120,13 +191,23 @@ class SinkStage(Stage):
                     if ends.all_ended():
                         break
                     continue
-                if not self.ledger.accept(msg.stream, msg.seq):
-                    m.DROPPED.labels(self.name, msg.stream, "duplicate").inc()
-                    continue
+                once = msg.get("once")
+                key = None
+                if isinstance(once, int) and not isinstance(once, bool):  # delivered at least once
+                    self.ledger.begin(msg.stream, once)
+                    key = (msg.stream, msg.seq)
+                    if self.ledger.seen(*key) or key in self._batch_keys:
+                        m.DROPPED.labels(self.name, msg.stream, "duplicate").inc()
+                        continue
+                    self._batch_keys.add(key)
                 line = json.dumps(prediction_record(msg), ensure_ascii=False)
-                self._batch.append((msg.stream, line + "\n"))
+                self._batch.append((msg.stream, line + "\n", key))
                 if pub is not None:
                     pub.send_string(line, flags=0)
+                if self._brokers:
+                    payload = line.encode("utf-8")
+                    for broker in self._brokers:
+                        broker.publish(payload)
                 m.FRAMES.labels(self.name, msg.stream).inc()
                 m.E2E_LATENCY.labels(msg.stream).observe(max(0.0, time.time() - msg.ts))
         finally:
@@ -135,8 +216,49 @@ class SinkStage(Stage):
             self._checkpoint(self._good, force=True)
             if acks is not None and not self.orphaned:
                 self._send_acks(acks, force=True)
+            self._close_brokers()
         log.info("%s: wrote predictions to %s", self.name, self.path)
         return 0
+
+    # ------------------------------------------------------------------ brokers
+    def _open_brokers(self) -> None:
+        """One publisher per ``sink.brokers`` URL (validated when the config was loaded)."""
+        for url in self.cfg.sink.brokers:
+            parsed = parse_broker_url(url)
+            broker = open_publisher(parsed, self.cfg.sink.broker_buffer, self._broker_hooks(parsed.safe))
+            self._brokers.append(broker)
+            log.info("%s: publishing predictions to %s%s", self.name, broker.url.safe,
+                     " (and model events)" if broker.url.events else "")
+        if any(b.url.events for b in self._brokers):
+            self._events = EventTail(Path(self.spec.out_dir) / EVENTS_FILE)
+
+    def _broker_hooks(self, safe: str) -> PublisherHooks:
+        """Counts of one broker (labelled by its URL without secrets) into the stage's metrics."""
+        published = m.BROKER_PUBLISHED.labels(self.name, safe)
+        dropped = {reason: m.BROKER_DROPPED.labels(self.name, safe, reason) for reason in DROP_REASONS}
+        buffered = m.BROKER_BUFFERED.labels(self.name, safe)
+        connected = m.BROKER_CONNECTED.labels(self.name, safe)
+        connected.set(0)
+        return PublisherHooks(published=published.inc, dropped=lambda reason, n: dropped[reason].inc(n),
+                              buffered=buffered.set, connected=lambda up: connected.set(1 if up else 0))
+
+    def _publish_events(self) -> None:
+        assert self._events is not None
+        self._events_polled = time.monotonic()
+        for line in self._events.poll():
+            for broker in self._brokers:
+                if broker.url.events:
+                    broker.publish(line, events=True)
+
+    def _close_brokers(self) -> None:
+        """Give the brokers :data:`BROKER_CLOSE_S` together to take what is queued: a dead broker
+        must not hold the pipeline's exit."""
+        if not self._brokers:
+            return
+        if self._events is not None:
+            self._publish_events()
+        close_all(self._brokers, BROKER_CLOSE_S)
+        self._brokers = []
 
     def _flush(self) -> None:
         """Append the batch in one write. When the disk refuses it (full), the file is cut back to
@@ -144,7 +266,7 @@ class SinkStage(Stage):
         serving (PUB, metrics, UI) and writing resumes once there is space."""
         if not self._batch:
             return
-        data = memoryview("".join(line for _, line in self._batch).encode("utf-8"))
+        data = memoryview("".join(line for _, line, _ in self._batch).encode("utf-8"))
         try:
             while data:
                 data = data[os.write(self._fd, data):]
@@ -154,10 +276,15 @@ class SinkStage(Stage):
                 os.ftruncate(self._fd, self._good)  # nothing half-written stays
             except OSError:
                 pass
-            for stream, _ in self._batch:
+            for stream, _, _ in self._batch:  # not in the ledger, not acknowledged: sent again
                 m.DROPPED.labels(self.name, stream, "write_failed").inc()
             self.write_failed("predictions", exc)
+        else:
+            for _, _, key in self._batch:  # written: acknowledged from now on
+                if key is not None:
+                    self.ledger.accept(*key)
         self._batch.clear()
+        self._batch_keys.clear()
         self._checkpoint(self._good)
 
     # ------------------------------------------------------------------ exactly-once

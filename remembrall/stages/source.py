@@ -58,19 +58,29 @@ class SourceStage(Stage):
     def _progress_path(self) -> Path:
         return Path(self.spec.run_dir) / "progress" / f"{self.stream}.json"
 
+    def read_progress(self) -> dict[str, int]:
+        """What a previous life of this stage recorded ({} when nothing usable)."""
+        try:
+            state = json.loads(self._progress_path().read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in state.items() if isinstance(v, int)} if isinstance(state, dict) else {}
+
+    def write_progress(self, state: dict[str, int]) -> bool:
+        try:
+            atomic_write_bytes(self._progress_path(), json.dumps(state).encode())
+        except OSError as exc:  # a restart would replay more; the stream goes on
+            self.write_failed("progress", exc)
+            return False
+        return True
+
     def resume_after(self) -> int:
         """Index of the last item a previous life of this stage handed on (with at-least-once
         delivery: the last one the sink acknowledged), or -1."""
-        try:
-            return int(json.loads(self._progress_path().read_text())["last_index"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return -1
+        return self.read_progress().get("last_index", -1)
 
     def save_progress(self, last_index: int) -> None:
-        try:
-            atomic_write_bytes(self._progress_path(), json.dumps({"last_index": last_index}).encode())
-        except OSError as exc:  # a restart would replay more; the stream goes on
-            self.write_failed("progress", exc)
+        self.write_progress({"last_index": last_index})
 
     def send_eos(self, error: str | None = None) -> None:
         fields = {"error": error} if error else {}
@@ -108,42 +118,68 @@ class SourceStage(Stage):
         return False
 
     def pump(self, items: Iterable[Any], to_message: Callable[[Any], Message], *, live: bool, resumable: bool,
-             failures: tuple[type[BaseException], ...]) -> tuple[int, int, BaseException | None]:
-        """Hand every item (anything with an ``index``) downstream as ``to_message(item)``.
+             failures: tuple[type[BaseException], ...], on_acked: Callable[[int], None] | None = None
+             ) -> tuple[int, int, BaseException | None]:
+        """Hand every item (anything with an ``index``; ``None`` is an idle source's heartbeat)
+        downstream as ``to_message(item)``.
 
-        A resumable source skips what a previous life of this stage already handed on (with
-        at-least-once delivery: what the sink acknowledged) and checkpoints its progress every
-        second, and on the way out however the pump ends (a supervisor that died included). A
-        finite source waits for the sink to acknowledge everything before it returns. Returns
-        (last index, items sent, the failure that ended the source early or None).
+        A restarted life must never reuse a seq (the sink would drop its items as written ones):
+
+        - a ``resumable`` (finite, re-readable) source skips what its previous life handed on
+          (with at-least-once delivery: what the sink acknowledged), checkpointing its progress
+          every second and on the way out, however the pump ends;
+        - any other (a camera, a socket, a broker, stdin) numbers each life after every seq its
+          previous life could have used (:class:`SeqReservation`).
+
+        ``on_acked(index)``: every item up to ``index`` is written by the sink (without
+        at-least-once delivery: handed on). A finite source waits for the sink to acknowledge
+        everything before it returns. Returns (last index, items sent, the failure that ended
+        the source early or None).
         """
         sender = None if live else self._acked_sender()
-
-        def progress() -> int:
-            return last_index if sender is None else min(last_index, sender.acked_through)
-
         skip_to = self.resume_after() if resumable else -1
-        if sender is not None:
-            sender.acked_through = skip_to
-        if skip_to >= 0:
+        seqs = None if resumable else SeqReservation(self)
+        offset = 0 if seqs is None else seqs.base  # seq = index + offset
+        first_seq = skip_to + 1 + offset
+        if sender is not None:  # acknowledgements count seqs
+            sender.acked_through = first_seq - 1
+        if resumable and skip_to >= 0:
             log.info("%s: restarted; resuming after item %d", self.name, skip_to)
         latency = m.LATENCY.labels(self.name, self.stream)
-        last_saved, last_index, sent = time.monotonic(), skip_to, 0
+        last_saved, last_index, sent, reported = time.monotonic(), skip_to, 0, skip_to
         failure = None
+
+        def progress() -> int:  # an item index
+            return last_index if sender is None else min(last_index, sender.acked_through - offset)
+
+        def report_acked() -> None:
+            nonlocal reported
+            if on_acked is not None and progress() > reported:
+                reported = progress()
+                on_acked(reported)
+
         try:
             t0 = time.perf_counter()
             for item in items:
                 if self.stopping:
                     break
-                if item.index > skip_to:
+                if item is None:  # the source is idle: take acknowledgements meanwhile
+                    if sender is not None:
+                        sender.poll(0)
+                        report_acked()
+                elif item.index > skip_to:
                     msg = to_message(item)
+                    msg.seq = item.index if seqs is None else seqs.seq(item.index)
                     latency.observe(time.perf_counter() - t0)
                     if sender is None:
                         sent += self.emit(msg, live)
-                    elif sender.send(item.index, msg):
-                        m.FRAMES.labels(self.name, self.stream).inc()
-                        sent += 1
+                    else:
+                        msg.fields["once"] = first_seq  # the sink writes it once, and acknowledges it
+                        if sender.send(msg.seq, msg):
+                            m.FRAMES.labels(self.name, self.stream).inc()
+                            sent += 1
                     last_index = item.index
+                    report_acked()
                     if resumable and time.monotonic() - last_saved >= 1.0:
                         self.save_progress(progress())
                         last_saved = time.monotonic()
@@ -155,6 +191,32 @@ class SourceStage(Stage):
                 self.save_progress(progress())
         if sender is not None:
             self._settle(sender)
+            report_acked()
             if resumable:
                 self.save_progress(progress())
         return last_index, sent, failure
+
+
+class SeqReservation:
+    """Seqs for a source that cannot resume where it stopped (a camera, a socket, stdin).
+
+    Its items count from 0 in every life, but the sink writes each (stream, seq) of a stream
+    delivered at least once only once, and a reader of the output wants seqs that do not repeat.
+    So each life numbers its items after every seq the previous one could have used: it
+    reserves them in blocks of :data:`BLOCK`, one small atomic write per block, before use.
+    """
+
+    BLOCK = 1024
+
+    def __init__(self, stage: SourceStage) -> None:
+        self.stage = stage
+        self.base = stage.read_progress().get("reserved", -1) + 1
+        self.reserved = self.base - 1
+
+    def seq(self, index: int) -> int:
+        """The seq of this life's ``index``-th item; a new block is reserved (written) first. A
+        write that fails is tried again with the next item (the stage counts the error)."""
+        seq = self.base + index
+        if seq > self.reserved and self.stage.write_progress({"reserved": seq + self.BLOCK}):
+            self.reserved = seq + self.BLOCK
+        return seq

@@ -42,6 +42,8 @@ class TextItem:
     index: int
     position: str
     ingest_ts: float = 0.0
+    #: delivered before by a broker (a Redis entry pending from an earlier life or run)
+    redelivered: bool = False
 
 
 def _never() -> bool:
@@ -64,7 +66,7 @@ class TextSource:
         self.stats = stats
         self.should_stop = should_stop
         self._index = 0
-        #: Set when the producer ended the stream with an eos marker.
+            #: Set when the producer ended the stream with an eos marker.
         self.ended_by_marker = False
 
     def __iter__(self) -> Iterator[TextItem]:
@@ -75,6 +77,11 @@ class TextSource:
 
     def close(self) -> None:
         """Release files, sockets, servers. Idempotent."""
+
+    def acknowledge(self, through_index: int) -> None:
+        """Every item up to ``through_index`` is written by the sink (with at-least-once delivery
+        off: handed on): a source that can (a Redis consumer group) tells its server so, which
+        then never delivers them again."""
 
     def __enter__(self) -> TextSource:
         return self
@@ -105,6 +112,28 @@ class TextSource:
         with self.stats._lock:
             self.stats.items += 1
         return item
+
+    def _message_lines(self, data: bytes) -> list[tuple[bytes, bool]]:
+        """The lines of one network message (ZeroMQ frame, MQTT payload, Redis entry): (raw, overflow)."""
+        splitter = LineSplitter(self.text_cfg.max_line_bytes)
+        lines = [(raw, ov) for raw, ov, _ in splitter.feed(data)]
+        last = splitter.flush()
+        if last is not None:
+            lines.append(last)
+        return lines
+
+    def _message_items(self, data: bytes, number: int, ts: float) -> Iterator[TextItem]:
+        """The items of the ``number``-th network message: its lines parsed and counted. An
+        end-of-stream marker sets :attr:`ended_by_marker` and ends the items."""
+        for n, (raw, overflow) in enumerate(self._message_lines(data), 1):
+            pos = f"{self.name}#{number}:{n}"
+            rec = self._check(raw, overflow, pos, allow_eos=True)
+            if rec is EOS:
+                self.ended_by_marker = True
+                log.info("%s: end-of-stream marker received", self.name)
+                return
+            if isinstance(rec, Record):
+                yield self._item(rec, pos, ts)
 
     def _wait(self, seconds: float) -> bool:
         """Poll-wait up to ``seconds`` (file systems give no portable change event); True if stopping."""

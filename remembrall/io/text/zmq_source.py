@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 from remembrall.config import TextConfig
 from remembrall.io.text.base import TextItem, TextSource, TextSourceError, _never
-from remembrall.io.text.lines import EOS, LineSplitter, Record, TextStats
+from remembrall.io.text.lines import TextStats
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +66,6 @@ class ZmqSource(TextSource):
             ts = time.time()
             for data in frames:
                 self._messages += 1
-                splitter = LineSplitter(self.text_cfg.max_line_bytes)
-                lines = [(raw, ov) for raw, ov, _ in splitter.feed(data)]
-                last = splitter.flush()
-                if last is not None:
-                    lines.append(last)
-                for n, (raw, overflow) in enumerate(lines, 1):
-                    pos = f"{self.name}#{self._messages}:{n}"
-                    rec = self._check(raw, overflow, pos, allow_eos=True)
-                    if rec is EOS:
-                        self.ended_by_marker = True
-                        log.info("%s: end-of-stream marker received", self.name)
-                        return
-                    if isinstance(rec, Record):
-                        yield self._item(rec, pos, ts)
+                yield from self._message_items(data, self._messages, ts)
+                if self.ended_by_marker:
+                    return
