@@ -52,6 +52,10 @@ from remembrall.stages.samples import BadSample, check_sample
 log = logging.getLogger(__name__)
 
 
+#: Seconds after its PUB socket is bound before retrain takes control verbs it relays on it.
+RELAY_AFTER_S = 1.0
+
+
 @dataclass
 class ModalityState:
     """Everything retrain tracks for one modality (vision or text)."""
@@ -582,6 +586,9 @@ class RetrainStage(Stage):
         # control sockets: nothing worth waiting for at exit (a SUB whose peer is gone would
         # otherwise hold the context open for the whole linger period with its subscription)
         self._pub = self.socket("model_ready", linger_ms=0)
+        # control verbs retrain relays on that PUB (forget) wait until its subscribers (infer, the
+        # buffer) have reconnected to it: a restarted retrain would publish them to nobody
+        relay_from = time.monotonic() + RELAY_AFTER_S
         load = self.socket("infer_load", linger_ms=0) if self.has("infer_load") else None
         ctrl = self.socket("control") if self.has("control") else None
         poller = zmq.Poller()
@@ -595,7 +602,7 @@ class RetrainStage(Stage):
             wait_s = min(0.05, self.arbiter.seconds_until_possible()) if busy and not draining else 0.1
             events = dict(poller.poll(0 if busy and draining else int(wait_s * 1000)))
             for sock in (load, ctrl, inp):
-                if sock is None or sock not in events:
+                if sock is None or sock not in events or (sock is ctrl and time.monotonic() < relay_from):
                     continue
                 for _ in range(256):  # drain what is there, but keep training in between
                     if not sock.poll(0, zmq.POLLIN):
