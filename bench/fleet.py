@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[s, c, seg["segment"], seg["labels_to_target"], "yes" if seg["reached"] else "no",
              seg["first100_accuracy"], seg["accuracy"]]
             for s in SYSTEMS for c in ("cam2", "cam3") for seg in results[s][c]["segments"]]
-    print_table(["system", "camera", "segment", "labels to target", "reached", "first 100 acc", "acc"], rows)
+    print_table(rows, ["system", "camera", "segment", "labels to target", "reached", "first 100 acc", "acc"])
     print(f"labels saved by the shared zoo: {report['labels_saved_ratio']:.0%} (target ≥ 30 %); first-100 "
           f"accuracy {report['first100_accuracy']['alone']} alone → {report['first100_accuracy']['fleet']} fleet")
     return 0
