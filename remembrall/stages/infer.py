@@ -83,8 +83,7 @@ class InferStage(Stage):
         self.memory = (MemoryKeeper(self.cfg, spec.run_dir, dims, self.device, self.name)
                        if learn and self.cfg.memory.enabled else None)
         self.router = ZooRouter(self.cfg, spec.run_dir, dims, self.heads, self.name) if learn and self.cfg.zoo.enabled else None
-        self._consolidated: set[tuple[str, int]] = set()  # consolidated heads announced, not serving yet
-        self._pruned_for: set[tuple[str, int]] = set()  # a head re-announced (retrain restarted) prunes no more
+        self._consolidated: set[tuple[str, int]] = set()
         self.queue: deque[tuple[Message, Any]] = deque()  # (message, its payload)
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         self.topk = icfg.topk
@@ -277,7 +276,6 @@ class InferStage(Stage):
             if key in self._consolidated and self.memory is not None and served is not None \
                     and req.role == "specialized" and served.meta.version == req.version:
                 self._consolidated.discard(key)  # prune only once the consolidated head serves
-                self._pruned_for.add(key)
                 self.memory.prune(req.modality, served)
 
     def _device_gauges(self) -> None:
@@ -326,8 +324,7 @@ class InferStage(Stage):
                 continue  # retrain re-publishes the current model periodically
             self._announced.add(key)
             if role == "specialized" and fields.get("consolidated") and modality != "auto":
-                if (modality, version) not in self._pruned_for:
-                    self._consolidated.add((modality, version))
+                self._consolidated.add((modality, version))
             if not Path(path).is_absolute() and self.spec.run_dir:
                 path = str(Path(self.spec.run_dir) / path)
             self.heads.request_swap(SwapRequest(modality, role, path, version))

@@ -56,13 +56,8 @@ from remembrall.io.text.redis_source import RedisStreamSource, default_consumer
 from remembrall.io.text.stdin import StdinSource
 from remembrall.io.text.zmq_source import ZmqSource
 
-__all__ = ["DirectorySource", "HttpSource", "MqttSource", "RedisStreamSource", "StdinSource", "TextFileSource", "TextItem", "TextSource",
-           "TextSourceError", "TextStats", "ZmqSource", "open_text_source"]
-
-
-def _safe(name: str) -> str:
-    """``name`` as a file name."""
-    return "".join(c if c.isalnum() else "_" for c in name)[-120:]
+__all__ = ["DirectorySource", "HttpSource", "MqttSource", "RedisStreamSource", "StdinSource", "TextFileSource",
+           "TextItem", "TextSource", "TextSourceError", "TextStats", "ZmqSource", "open_text_source"]
 
 
 def _live(cfg: SourceConfig, default: bool) -> bool:
@@ -76,8 +71,9 @@ def open_text_source(cfg: SourceConfig, text_cfg: TextConfig, stats: TextStats,
     """Open the text source ``cfg.uri`` names (see the module docstring for the forms).
 
     ``state_dir``: where a followed file keeps its resume offset (the stage passes its run
-    directory); ``on_connection(up)`` hears a broker source connect and disconnect. Raises :class:`TextSourceError` with an actionable message when the source
-    cannot be opened; bad *content* never raises, it is counted in ``stats``.
+    directory); ``on_connection(up)`` hears a broker source connect and disconnect. Raises
+    :class:`TextSourceError` with an actionable message when the source cannot be opened; bad
+    *content* never raises, it is counted in ``stats``.
     """
     try:
         parsed = parse_source(cfg)
@@ -112,5 +108,6 @@ def open_text_source(cfg: SourceConfig, text_cfg: TextConfig, stats: TextStats,
         return DirectorySource(path, text_cfg, stats, should_stop, live=follow)
     state_path = None
     if follow and state_dir:
-        state_path = os.path.join(state_dir, f"text-follow-{_safe(cfg.id or os.path.abspath(path))}.json")
+        safe = "".join(c if c.isalnum() else "_" for c in (cfg.id or os.path.abspath(path)))[-120:]
+        state_path = os.path.join(state_dir, f"text-follow-{safe}.json")
     return TextFileSource(path, text_cfg, stats, should_stop, follow=follow, state_path=state_path)
