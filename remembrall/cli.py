@@ -170,6 +170,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report_main(args.out_dir, args.html)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``remembrall serve CONFIG``: the label server (teacher or humans) a fleet of pipelines shares."""
+    from remembrall.commands.serve import serve_main
+
+    cfg = load_run_config(args)
+    setup_logging(args.log_level or cfg.log_level, component="serve")
+    return serve_main(cfg)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from remembrall.commands.keys import keys_main
+
+    return keys_main(args)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """Write editable copies of the packaged configs (a wheel install has no configs/ folder)."""
     # an existing file (FileExistsError) or an unknown name (FileNotFoundError): main() exits 2
@@ -249,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("out_dir", metavar="OUT", help="the run's output directory")
     report.add_argument("--html", metavar="FILE", help="where to write it (default: OUT/report.html)")
     report.set_defaults(func=cmd_report)
+
+    serve = sub.add_parser("serve", help="serve labels (teacher or humans) to a fleet of pipelines over CURVE")
+    common(serve)
+    serve.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (0 = any free port)")
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="CURVE key pairs for stages on other hosts")
+    kverbs = keys.add_subparsers(dest="keys_verb", required=True)
+    gen = kverbs.add_parser("generate", help="write DIR/NAME.key (public) and DIR/NAME.key_secret")
+    gen.add_argument("directory", metavar="DIR")
+    gen.add_argument("names", nargs="+", metavar="NAME")
+    show = kverbs.add_parser("show", help="print a key file's public key")
+    show.add_argument("file", metavar="FILE")
+    keys.set_defaults(func=cmd_keys)
 
     # handled in main() before parsing; listed here so --help shows it
     sub.add_parser("status", help="show a running pipeline's stages, restarts, throughput, model version "

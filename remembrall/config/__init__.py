@@ -28,6 +28,7 @@ from remembrall.config.sections import (
     DecodeConfig,
     InferConfig,
     MetricsConfig,
+    ServeConfig,
     SinkConfig,
     SourceConfig,
     SupervisorConfig,
@@ -37,6 +38,7 @@ from remembrall.config.sections import (
 from remembrall.config.text import TextConfig
 
 __all__ = [
+    "ServeConfig",
     "MemoryConfig",
     "ZooConfig",
     "BufferConfig", "Config", "ConfigError", "DecodeConfig", "InferConfig", "LabelConfig", "MetricsConfig",

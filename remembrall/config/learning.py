@@ -31,18 +31,30 @@ class SelectConfig:
 class LabelConfig:
     """Where labels come from and which class names are acceptable."""
 
-    labeler: Literal["oracle", "teacher", "external"] = "oracle"
+    #: remote = a label server (``remembrall serve``) on another host labels for this pipeline.
+    labeler: Literal["oracle", "teacher", "external", "remote"] = "oracle"
     #: Accepted class names; empty = open vocabulary (new classes grow the head).
     classes: list[str] = field(default_factory=list)
     #: auto = EfficientNet-Lite2 when its weights package is installed, else Lite0 at 320 px.
     teacher_model: Literal["auto", "efficientnet-lite0", "efficientnet-lite2"] = "auto"
     teacher_image_size: int = setting(0, min=0, max=1024, help="0 = the model's default (Lite0 320, Lite2 260)")
     teacher_tta: bool = True
+    #: auto = cuda when present (a label server's GPU), else cpu
+    teacher_device: str = setting("cpu", help="cpu, cuda, cuda:N or auto")
     teacher_min_confidence: float = setting(0.3, min=0.0, max=1.0)
     #: Optional user-class -> list of ImageNet class names; empty = user classes are ImageNet names.
     teacher_class_map: dict[str, list[str]] = field(default_factory=dict)
     external_dir: str = "external"
     pending: int = setting(10000, min=1, help="samples awaiting an external label")
+    #: The label server of ``labeler: remote``: tcp://HOST:PORT (CURVE keys required) or ipc://PATH.
+    remote: str = ""
+    remote_server_key: str = setting("", help="the server's public key file (NAME.key)")
+    remote_client_key: str = setting("", help="this pipeline's key pair file (NAME.key_secret)")
+    remote_name: str = setting("", help="this pipeline's name at the server (default: HOST-OUTDIR)")
+    remote_timeout_s: float = setting(30.0, min=1.0, max=3600.0,
+                                      help="a request unanswered this long is sent again")
+    remote_pending: int = setting(256, min=1, max=100000,
+                                  help="samples (with pixels) kept for the server; beyond, the oldest expire")
 
 
 @dataclass

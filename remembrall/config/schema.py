@@ -19,6 +19,7 @@ from remembrall.config.sections import (
     DecodeConfig,
     InferConfig,
     MetricsConfig,
+    ServeConfig,
     SinkConfig,
     SourceConfig,
     SupervisorConfig,
@@ -49,6 +50,8 @@ class Config:
     zoo: ZooConfig = section(ZooConfig)
     #: Text sources and the text encoder.
     text: TextConfig = section(TextConfig)
+    #: ``remembrall serve``: the label server that pipelines with ``label.labeler: remote`` use.
+    serve: ServeConfig = section(ServeConfig)
     run_dir: str | None = None
     out: str = "out"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -83,6 +83,19 @@ class MetricsConfig:
 
 
 @dataclass
+class ServeConfig:
+    """``remembrall serve``: a label server (teacher or human) that many pipelines share over CURVE."""
+
+    bind: str = setting("tcp://127.0.0.1:5557", help="tcp://HOST:PORT (CURVE) or ipc://PATH")
+    secret_key: str = setting("", help="the server's key pair file (NAME.key_secret)")
+    allowed_keys: str = setting("", help="folder of the client public keys (NAME.key) it serves")
+    queue: int = setting(256, min=1, max=100000, help="requests queued per pipeline; beyond, 'busy'")
+    answers: int = setting(1024, min=1, max=1000000,
+                           help="answers kept per pipeline while it is away, sent when it returns")
+    threads: int = setting(0, min=0, max=256, help="torch threads of the teacher (0 = torch's default)")
+
+
+@dataclass
 class UIConfig:
     """The browser UI the supervisor serves beside the metrics endpoint (pages ``/``, ``/live``,
     ``/label``, ``/learning``). Anything that changes state needs the token in ``OUT/ui-token``."""

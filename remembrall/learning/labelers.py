@@ -173,10 +173,12 @@ class TeacherLabeler(Labeler):
         min_confidence: float = 0.3,
         class_map: dict[str, list[str]] | None = None,
         threads: int = 1,
+        device: str = "cpu",
     ) -> None:
         super().__init__(vocab)
         import torch
 
+        from remembrall.models.backbone import resolve_device
         from remembrall.models.efficientnet import imagenet_classes, load_efficientnet
 
         self.model_name = resolve_teacher_model(model)
@@ -193,6 +195,8 @@ class TeacherLabeler(Labeler):
             self.net = load_efficientnet(self.model_name)
         except RuntimeError as exc:
             raise RuntimeError(f"teacher: {exc}, or set label.teacher_model: efficientnet-lite0") from None
+        self.device = resolve_device(device)  # a label server's teacher runs on its GPU
+        self.net = self.net.to(self.device)
         self._torch = torch
 
     def _build_map(self) -> np.ndarray | None:
@@ -227,13 +231,13 @@ class TeacherLabeler(Labeler):
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"teacher needs an HxWx3 uint8 image, got {img.dtype} {img.shape}")
         with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+            x = torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1)[None].float()
             x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                                                 align_corners=False, antialias=True)
             x = (x - 127.0) / 128.0
             if self.tta:
                 x = torch.cat([x, torch.flip(x, dims=[3])])
-            probs = torch.softmax(self.net(x), dim=1).mean(0).numpy()
+            probs = torch.softmax(self.net(x).float(), dim=1).mean(0).cpu().numpy()
         if self._matrix is not None:
             scores = self._matrix @ probs
             i = int(scores.argmax())
@@ -347,14 +351,15 @@ class ExternalLabeler(Labeler):
         return out
 
 
-def make_labeler(cfg: LabelConfig, run_dir: str | os.PathLike[str] = ".") -> Labeler:
-    """Build the configured labeler from a ``label`` config section."""
+def make_labeler(cfg: LabelConfig, run_dir: str | os.PathLike[str] = ".", threads: int = 1) -> Labeler:
+    """Build the configured labeler from a ``label`` config section; ``threads`` of a teacher
+    (1 beside a pipeline's stages; 0, torch's default, on a label server of its own)."""
     vocab = Vocabulary(list(cfg.classes))
     if cfg.labeler == "oracle":
         return OracleLabeler(vocab)
     if cfg.labeler == "teacher":
         return TeacherLabeler(vocab, cfg.teacher_model, cfg.teacher_image_size, cfg.teacher_tta,
-                              cfg.teacher_min_confidence, dict(cfg.teacher_class_map))
+                              cfg.teacher_min_confidence, dict(cfg.teacher_class_map), threads, cfg.teacher_device)
     if cfg.labeler == "external":
         d = Path(cfg.external_dir)
         return ExternalLabeler(vocab, d if d.is_absolute() else Path(run_dir) / d, cfg.pending)

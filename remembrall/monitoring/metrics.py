@@ -203,3 +203,29 @@ BROKER_CONNECTED = Gauge(
     "remembrall_broker_connected", "1 while connected to the broker, 0 while (re)connecting or refused.",
     ["stage", "broker"], multiprocess_mode="livemax",
 )
+
+# ---------------------------------------------------------------- remote label server (CURVE)
+REMOTE_PENDING = Gauge(
+    "remembrall_remote_label_pending", "Samples this pipeline holds for its remote label server (sent or not).",
+    ["stage"], multiprocess_mode="livesum",
+)
+REMOTE_UP = Gauge(
+    "remembrall_remote_label_up", "1 while the remote label server answers (CURVE handshake done, pongs "
+    "arriving), else 0.", ["stage"], multiprocess_mode="livemax",
+)
+REMOTE_RESENT = Counter(
+    "remembrall_remote_label_resent", "Requests sent to the label server again, by reason (timeout: unanswered "
+    "for label.remote_timeout_s; restarted: the server came back without its queue; busy).", ["stage", "reason"],
+)
+LABEL_SERVER_REQUESTS = Counter(
+    "remembrall_label_server_requests", "Label requests a label server took, by client pipeline and outcome "
+    "(labelled, rejected, busy, duplicate, malformed).", ["client", "outcome"],
+)
+LABEL_SERVER_QUEUED = Gauge(
+    "remembrall_label_server_queued", "Requests waiting at the label server, by client pipeline.", ["client"],
+    multiprocess_mode="livesum",
+)
+CURVE_REFUSED = Counter(
+    "remembrall_curve_refused", "Peers a CURVE server refused: unknown_key (not in the allowed keys folder) or "
+    "handshake (a wrong server key, or not speaking CURVE).", ["reason"],
+)

@@ -24,6 +24,7 @@ from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
 from remembrall.pipeline.stream_ends import StreamEnds
+from remembrall.stages.remote_labeler import RemoteLabeler
 from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,12 @@ class LabelStage(Stage):
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        self.labeler: Labeler = make_labeler(self.cfg.label, spec.run_dir or ".")
+        self.labeler: Labeler
+        if self.cfg.label.labeler == "remote":  # a label server on another host (remembrall serve)
+            self.labeler = RemoteLabeler(self.cfg.label, self.ctx, self.name, spec.out_dir or ".",
+                                         self.cfg.transport.max_message_bytes)
+        else:
+            self.labeler = make_labeler(self.cfg.label, spec.run_dir or ".")
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
         self.drops = DropCounter(self.name)
         self.sent = 0
@@ -117,6 +123,9 @@ class LabelStage(Stage):
         poller.register(inp, zmq.POLLIN)
         if labels is not None:
             poller.register(labels, zmq.POLLIN)
+        remote = self.labeler.socket if isinstance(self.labeler, RemoteLabeler) else None  # answers wake us
+        if remote is not None:
+            poller.register(remote, zmq.POLLIN)
         last_files = 0.0
         log.info("%s: %s labeler", self.name, self.labeler.name)
         while not self.stopping and not self.ends.all_ended():
@@ -133,13 +142,18 @@ class LabelStage(Stage):
                     self._answer(msg, out)
                 elif msg is not None:
                     self.drops.drop("unexpected_kind", msg.stream, f"kind {msg.kind!r} on the labels input")
-            if time.monotonic() - last_files >= POLL_FILES_S:
+            if time.monotonic() - last_files >= POLL_FILES_S or (remote is not None and remote in events):
                 last_files = time.monotonic()
                 self._send_all(out, self.labeler.poll())
             if self.sender is not None:
                 self.sender.poll(0)
         if not self.orphaned:  # label files stay where they are for the next run to read
             self._send_all(out, self.labeler.poll())
+        if remote is not None and not self.orphaned:  # answers a label server that is there still owes
+            deadline = time.monotonic() + min(self.cfg.supervisor.drain_timeout_s, self.cfg.label.remote_timeout_s)
+            while self.labeler.pending and self.labeler.up and time.monotonic() < deadline:
+                remote.poll(100)
+                self._send_all(out, self.labeler.poll())
         if self.sender is not None and not self.orphaned:
             left = self.sender.settle(self.cfg.supervisor.drain_timeout_s)
             if left:  # kept in the outbox: the next run with this output directory sends them
