@@ -171,7 +171,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``remembrall serve CONFIG``: the label server (teacher or humans) a fleet of pipelines shares."""
+    """``remembrall serve CONFIG``: labels (a teacher or humans) and training a fleet of pipelines shares."""
     from remembrall.commands.serve import serve_main
 
     cfg = load_run_config(args)
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--html", metavar="FILE", help="where to write it (default: OUT/report.html)")
     report.set_defaults(func=cmd_report)
 
-    serve = sub.add_parser("serve", help="serve labels (teacher or humans) to a fleet of pipelines over CURVE")
+    serve = sub.add_parser("serve", help="serve labels (teacher or humans) and training to a fleet of pipelines over CURVE")
     common(serve)
     serve.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (0 = any free port)")
     serve.set_defaults(func=cmd_serve)

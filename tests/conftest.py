@@ -202,3 +202,6 @@ def one_torch_thread() -> Iterator[None]:
 
 # Real brokers (Mosquitto, Redis) on loopback: fixtures `mosquitto` and `redis_server`.
 from tests.broker_servers import mosquitto, redis_server  # noqa: E402, F401
+
+# CURVE key files for the remote label/training tests: fixture `keys`.
+from tests.remote_servers import keys  # noqa: E402, F401

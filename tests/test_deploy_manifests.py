@@ -315,10 +315,10 @@ def test_the_command_lines_parse() -> None:
 def test_embedded_configs_parse_and_name_the_keys() -> None:
     cfgs = embedded_configs()
     assert set(cfgs) == {"edge.yaml", "teacher.yaml"}
-    label = cfgs["edge.yaml"]["label"]
-    assert label["labeler"] == "remote"
-    assert label["remote_server_key"] == "/etc/remembrall/keys/teacher.key"
-    assert label["remote_client_key"] == "/etc/remembrall/keys/edge.key_secret"
+    assert cfgs["edge.yaml"]["label"]["labeler"] == "remote"
+    remote = cfgs["edge.yaml"]["remote"]
+    assert remote["server_key"] == "/etc/remembrall/keys/teacher.key"
+    assert remote["client_key"] == "/etc/remembrall/keys/edge.key_secret"
     serve = cfgs["teacher.yaml"]["serve"]
     assert serve["secret_key"] == "/etc/remembrall/keys/teacher.key_secret"
     assert serve["allowed_keys"] == "/etc/remembrall/keys/allowed"
@@ -327,10 +327,10 @@ def test_embedded_configs_parse_and_name_the_keys() -> None:
 
 def test_secret_items_place_the_keys_the_configs_name() -> None:
     cfgs = embedded_configs()
-    label, serve = cfgs["edge.yaml"]["label"], cfgs["teacher.yaml"]["serve"]
+    remote, serve = cfgs["edge.yaml"]["remote"], cfgs["teacher.yaml"]["serve"]
     edge_files, teacher_files = secret_files(edge()), secret_files(teacher())
     # the edge: the teacher's public certificate and its own secret one, nothing more
-    assert edge_files == {label["remote_server_key"]: "teacher.key", label["remote_client_key"]: "edge.key_secret"}
+    assert edge_files == {remote["server_key"]: "teacher.key", remote["client_key"]: "edge.key_secret"}
     # the teacher: its secret certificate, and the edges' public ones in the allowed folder
     assert teacher_files[serve["secret_key"]] == "teacher.key_secret"
     allowed = {p: k for p, k in teacher_files.items() if PurePosixPath(p).parent == PurePosixPath(serve["allowed_keys"])}
@@ -358,6 +358,7 @@ def test_edge_dials_the_services_in_the_manifests() -> None:
         return name, parts.port
 
     assert service_port(cfg["label"]["remote"]) == ("remembrall-teacher", 5557)
+    assert service_port(cfg["retrain"]["remote"]) == ("remembrall-teacher", 5557)
     share = cfg["zoo"]["share"]
     assert urlsplit(share).scheme == "redis" and "stream=" in urlsplit(share).query
     name, _ = service_port(share)

@@ -1,6 +1,7 @@
-"""Two real pipelines on one machine share a teacher (``remembrall serve``, a real EfficientNet)
-over CURVE tcp on loopback and a zoo in a real Redis. The teacher is SIGKILLed mid-run: the edges
-keep predicting, and once it is back they catch up and learn on."""
+"""Two real pipelines on one machine share a server (``remembrall serve``: a real EfficientNet
+teacher labels for both, and their training runs there) over CURVE tcp on loopback, and a zoo in a
+real Redis. The server is SIGKILLed mid-run: the edges keep predicting, and once it is back they
+catch up and learn on."""
 
 from __future__ import annotations
 
@@ -76,17 +77,16 @@ def test_two_pipelines_share_a_teacher_over_curve_and_a_zoo_in_redis(tmp_path: P
             runs[cam] = Run(tmp_path / cam, *FAST, "--set", "sources.0.loop=0", "--set", "sources.0.realtime=true",
                             "--set", "learn=true", "--set", "infer.head=none", "--set", "select.rate=0.5",
                             "--set", "label.labeler=remote", "--set", f"label.remote=tcp://127.0.0.1:{port}",
-                            "--set", f"label.remote_server_key={keys / 'teacher.key'}",
-                            "--set", f"label.remote_client_key={keys / (cam + '.key_secret')}",
-                            "--set", f"label.remote_name={cam}", "--set", "retrain.min_labels=6",
+                            "--set", f"retrain.remote=tcp://127.0.0.1:{port}", "--set", "retrain.remote_fallback_s=0",
+                            "--set", f"remote.server_key={keys / 'teacher.key'}",
+                            "--set", f"remote.client_key={keys / (cam + '.key_secret')}",
+                            "--set", f"remote.name={cam}", "--set", "retrain.min_labels=6",
                             "--set", "retrain.every_labels=6", "--set", "buffer.holdout_every=3",
                             "--set", "retrain.min_holdout=2", "--set", f"zoo.share={redis_server.url('zoo')}",
-                            "--set", f"zoo.origin={cam}", "--set", "zoo.share_every_s=1",
-                            # two pipelines and a teacher on two cores: an idle-priority retrain would starve
-                            "--set", "retrain.cpu_priority=normal")
+                            "--set", f"zoo.origin={cam}", "--set", "zoo.share_every_s=1")
 
         def labelled(cam: str) -> float:
-            return teacher.metric("remembrall_label_server_requests_total", client=cam, outcome="labelled")
+            return teacher.metric("remembrall_label_server_requests_total", client=f"{cam}/label", outcome="labelled")
 
         wait_for(lambda: all(labelled(cam) >= 4 for cam in runs), timeout=180,
                  what=f"teacher labels for both pipelines\n{teacher.log_path.read_text()[-2000:]}")
@@ -97,8 +97,8 @@ def test_two_pipelines_share_a_teacher_over_curve_and_a_zoo_in_redis(tmp_path: P
         for cam, run in runs.items():
             assert len(run.predictions()) > counts[cam], f"{cam} stopped predicting without its teacher"
             text = run.scrape()[1]
-            assert metric_value(text, "remembrall_remote_label_up") == 0
-            assert metric_value(text, "remembrall_remote_label_pending") > 0  # selected, waiting for it
+            assert metric_value(text, "remembrall_remote_up") == 0  # neither label nor retrain reaches it
+            assert metric_value(text, "remembrall_remote_pending", stage="label") > 0  # selected, waiting
         seen_while_down = {cam: max(p["seq"] for p in run.predictions()) for cam, run in runs.items()}
         restarted = time.time()
         teacher.start()  # back: both catch up (what they held is sent again) and learn on
@@ -107,7 +107,10 @@ def test_two_pipelines_share_a_teacher_over_curve_and_a_zoo_in_redis(tmp_path: P
         for cam, run in runs.items():
             wait_for(lambda run=run: (run.out / "models").is_dir() and any((run.out / "models").glob("head-v*.pt")),
                      timeout=120, what=f"{cam} to retrain on the teacher's labels\n{run.log()[-3000:]}")
-            assert metric_value(run.scrape()[1], "remembrall_remote_label_up") == 1
+            assert metric_value(run.scrape()[1], "remembrall_remote_up") == 2  # label and retrain
+            wait_for(lambda cam=cam: teacher.metric("remembrall_train_server_jobs_total", client=f"{cam}/retrain",
+                                                    outcome="trained") >= 1, timeout=60,
+                     what=f"{cam}'s training on the server")
         shared = redis_server.client().xlen("zoo")
         assert shared >= 1, "no specialist reached the fleet's zoo in Redis"
     finally:

@@ -5,7 +5,6 @@ comes back is caught up with; answers for a pipeline that was away wait for it."
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -18,50 +17,19 @@ from remembrall.io.curve import CurveKeyError, generate_keys, load_keys
 from remembrall.learning.labelers import Labelled, LabelRequest
 from remembrall.monitoring import metrics as m
 from remembrall.pipeline.messages import Message
-from remembrall.stages.label_server import LabelServer
+from remembrall.stages.fleet_server import FleetServer
 from remembrall.stages.remote_labeler import RemoteLabeler
 from tests.broker_servers import free_port
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    d = tmp_path / "keys"
-    (d / "allowed").mkdir(parents=True)
-    generate_keys(d, "teacher")
-    for name in ("cam-a", "cam-b"):
-        generate_keys(d, name)
-        (d / "allowed" / f"{name}.key").write_bytes((d / f"{name}.key").read_bytes())
-    generate_keys(d, "stranger")  # a valid key pair the server does not allow
-    generate_keys(d, "impostor")  # a "server" key the clients were not given
-    return d
-
-
-class Server:
-    """A LabelServer (oracle labeler: fast, and the answers are checkable) in a thread."""
-
-    def __init__(self, keys: Path, port: int, tmp: Path, labeler: str = "oracle", **serve: object) -> None:
-        cfg = load_config(None, {"label.labeler": labeler, "out": str(tmp / "server"),
-                                 "serve.bind": f"tcp://127.0.0.1:{port}",
-                                 "serve.secret_key": str(keys / "teacher.key_secret"),
-                                 "serve.allowed_keys": str(keys / "allowed"),
-                                 **{f"serve.{k}": v for k, v in serve.items()}})
-        self.server = LabelServer(cfg, tmp / "server")
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
+from tests.remote_servers import Server, value
 
 
 def client(keys: Path, port: int, name: str, ctx: zmq.Context, secret: str | None = None,
            server_key: str = "teacher", **label: object) -> RemoteLabeler:
     cfg = load_config(None, {"learn": True, "label.labeler": "remote", "label.remote": f"tcp://127.0.0.1:{port}",
-                             "label.remote_server_key": str(keys / f"{server_key}.key"),
-                             "label.remote_client_key": str(keys / f"{secret or name}.key_secret"),
-                             "label.remote_name": name, **{f"label.{k}": v for k, v in label.items()}})
-    return RemoteLabeler(cfg.label, ctx, f"label-{name}")
+                             "remote.server_key": str(keys / f"{server_key}.key"),
+                             "remote.client_key": str(keys / f"{secret or name}.key_secret"),
+                             "remote.name": name, **{f"remote.{k}": v for k, v in label.items()}})
+    return RemoteLabeler(cfg, ctx, f"label-{name}")
 
 
 def request(sid: str, label: str) -> LabelRequest:
@@ -80,10 +48,6 @@ def collect(labeler: RemoteLabeler, want: int, timeout: float = 20.0) -> list[La
     return out
 
 
-def value(metric, *labels: str) -> float:
-    return metric.labels(*labels)._value.get()
-
-
 def test_two_pipelines_share_one_server_and_each_gets_its_own_answers(keys: Path, tmp_path: Path) -> None:
     port = free_port()
     server = Server(keys, port, tmp_path)
@@ -98,7 +62,7 @@ def test_two_pipelines_share_one_server_and_each_gets_its_own_answers(keys: Path
         assert sorted((x.request.id, x.label) for x in got_b) == sorted((f"cam0:{i}", f"b{i % 2}") for i in range(20))
         assert {x.source for x in got_a} == {"oracle"}  # the server's labeler is named in each answer
         assert not a.pending and not b.pending and a.up and b.up
-        assert value(m.LABEL_SERVER_REQUESTS, "cam-a", "labelled") >= 20
+        assert value(m.LABEL_SERVER_REQUESTS, "cam-a/label", "labelled") >= 20
     finally:
         a.close(), b.close()
         server.stop()
@@ -117,12 +81,12 @@ def test_wrong_keys_are_refused_and_counted(keys: Path, tmp_path: Path) -> None:
         stranger.submit(request("x:1", "cat"))
         fooled.submit(request("x:1", "cat"))
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not (stranger.watch.failures and fooled.watch.failures
+        while time.monotonic() < deadline and not (stranger.link.watch.failures and fooled.link.watch.failures
                                                    and value(m.CURVE_REFUSED, "handshake") > handshake_before):
             stranger.poll(), fooled.poll()
             time.sleep(0.05)
-        assert stranger.watch.state.startswith("refused: the server does not allow this key")
-        assert "wrong server key" in fooled.watch.state
+        assert stranger.link.watch.state.startswith("refused: the server does not allow this key")
+        assert "wrong server key" in fooled.link.watch.state
         assert server.server.gate is not None and server.server.gate.refused >= 1
         assert value(m.CURVE_REFUSED, "unknown_key") > refused_before
         assert value(m.CURVE_REFUSED, "handshake") > handshake_before
@@ -137,7 +101,7 @@ def test_wrong_keys_are_refused_and_counted(keys: Path, tmp_path: Path) -> None:
 def test_server_gone_then_back_catches_up(keys: Path, tmp_path: Path) -> None:
     port = free_port()
     ctx = zmq.Context()
-    cam = client(keys, port, "cam-a", ctx, remote_timeout_s=2.0)
+    cam = client(keys, port, "cam-a", ctx, timeout_s=2.0)
     server = None
     try:
         for i in range(10):  # no server yet: everything waits at the edge
@@ -173,7 +137,7 @@ def test_a_full_queue_answers_busy_and_the_edge_retries(keys: Path, tmp_path: Pa
             cam.submit(request(f"q:{i}", "cat"))
         got = collect(cam, 8, timeout=40)
         assert sorted(x.request.id for x in got) == sorted(f"q:{i}" for i in range(8))
-        assert value(m.LABEL_SERVER_REQUESTS, "cam-a", "busy") > 0
+        assert value(m.LABEL_SERVER_REQUESTS, "cam-a/label", "busy") > 0
     finally:
         cam.close()
         server.stop()
@@ -195,13 +159,13 @@ def test_answers_wait_for_a_pipeline_that_was_away(keys: Path, tmp_path: Path) -
             cam.poll()
             time.sleep(0.05)
         meta = json.loads(next(exported.glob("*.json")).read_text())
-        assert meta["id"] == "cam-a/cam0:7"  # fleet-unique at the server
+        assert meta["id"] == "cam-a/label/cam0:7"  # fleet-unique at the server
         cam.close()  # the edge's label stage dies
         (tmp_path / "server" / "external" / "labels" / "a.json").write_text(json.dumps({"id": meta["id"], "label": "owl"}))
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not server.server.clients[b"cam-a"].held:
+        while time.monotonic() < deadline and not server.server.clients[b"cam-a/label"].held:
             time.sleep(0.05)
-        assert server.server.clients[b"cam-a"].held  # kept for it
+        assert server.server.clients[b"cam-a/label"].held  # kept for it
         cam = client(keys, port, "cam-a", ctx)  # its next life
         got = collect(cam, 1)
         assert [(x.request.id, x.label, x.source) for x in got] == [("cam0:7", "owl", "external")]
@@ -219,7 +183,7 @@ def test_garbage_from_an_allowed_peer_is_counted_not_fatal(keys: Path, tmp_path:
     ctx = zmq.Context()
     cam = client(keys, port, "cam-b", ctx)
     try:
-        before = value(m.LABEL_SERVER_REQUESTS, "cam-b", "malformed")
+        before = value(m.LABEL_SERVER_REQUESTS, "cam-b/label", "malformed")
         for junk in ([b"\xff\x00garbage"], [b"\x81\xa1v\x01", b"x"], [b""]):
             cam.socket.send_multipart(junk)
         bad = Message("sample", fields={"id": "g:1"}, arrays=[np.zeros(4, np.float32)])  # all-zero embedding
@@ -228,7 +192,7 @@ def test_garbage_from_an_allowed_peer_is_counted_not_fatal(keys: Path, tmp_path:
         cam.socket.send_multipart(encode_message(bad))
         cam.submit(request("g:2", "cat"))  # the server still serves
         assert [x.label for x in collect(cam, 1)] == ["cat"]
-        assert value(m.LABEL_SERVER_REQUESTS, "cam-b", "malformed") >= before + 4
+        assert value(m.LABEL_SERVER_REQUESTS, "cam-b/label", "malformed") >= before + 4
     finally:
         cam.close()
         server.stop()
@@ -236,12 +200,12 @@ def test_garbage_from_an_allowed_peer_is_counted_not_fatal(keys: Path, tmp_path:
 
 
 def test_config_and_key_errors_say_what_to_do(keys: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="remote_server_key"):
+    with pytest.raises(ConfigError, match="remote.server_key"):
         load_config(None, {"learn": True, "label.labeler": "remote", "label.remote": "tcp://10.0.0.1:5557"})
     with pytest.raises(ConfigError, match="tcp://HOST:PORT"):
         load_config(None, {"learn": True, "label.labeler": "remote"})
     with pytest.raises(ConfigError, match="serve.secret_key"):
-        LabelServer(load_config(None, {"serve.bind": "tcp://127.0.0.1:0", "label.labeler": "oracle"}), tmp_path)
+        FleetServer(load_config(None, {"serve.bind": "tcp://127.0.0.1:0", "label.labeler": "oracle"}), tmp_path)
     with pytest.raises(CurveKeyError, match="NAME.key_secret"):
         load_keys(keys / "teacher.key", secret=True)
     (tmp_path / "bad.key").write_text("not a certificate")

@@ -1,4 +1,5 @@
-"""``remembrall serve CONFIG``: the label server a fleet shares (see :mod:`remembrall.stages.label_server`)."""
+"""``remembrall serve CONFIG``: the server a fleet shares for labels and training
+(see :mod:`remembrall.stages.fleet_server`)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,16 @@ import logging
 from pathlib import Path
 
 from remembrall.config import Config
-from remembrall.stages.label_server import LabelServer
+from remembrall.stages.fleet_server import FleetServer
 
 log = logging.getLogger("remembrall")
 
 
 def serve_main(cfg: Config, metrics_port: int | None = None) -> int:
-    """Run the label server until SIGTERM; metrics and /healthz on ``metrics.host:port``."""
+    """Run the server until SIGTERM; metrics and /healthz on ``metrics.host:port``."""
     work = Path(cfg.out).resolve()
     work.mkdir(parents=True, exist_ok=True)  # an external labeler's samples/ and labels/ live here
-    server = LabelServer(cfg, work)
+    server = FleetServer(cfg, work)
     server.install_signal_handlers()
     if cfg.metrics.enabled:
         port = cfg.metrics.port if metrics_port is None else metrics_port
@@ -25,5 +26,5 @@ def serve_main(cfg: Config, metrics_port: int | None = None) -> int:
             server.close()
             raise
         log.info("serve: metrics on %s/metrics (health: /healthz)", url)
-    print(f"serving labels on {server.address}", flush=True)
+    print(f"serving on {server.address}", flush=True)
     return server.run()

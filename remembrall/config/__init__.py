@@ -11,6 +11,7 @@ from remembrall.config.learning import (
     BufferConfig,
     LabelConfig,
     MemoryConfig,
+    RemoteConfig,
     RetrainConfig,
     SelectConfig,
     ZooConfig,
@@ -38,6 +39,7 @@ from remembrall.config.sections import (
 from remembrall.config.text import TextConfig
 
 __all__ = [
+    "RemoteConfig",
     "ServeConfig",
     "MemoryConfig",
     "ZooConfig",

@@ -46,13 +46,9 @@ class LabelConfig:
     teacher_class_map: dict[str, list[str]] = field(default_factory=dict)
     external_dir: str = "external"
     pending: int = setting(10000, min=1, help="samples awaiting an external label")
-    #: The label server of ``labeler: remote``: tcp://HOST:PORT (CURVE keys required) or ipc://PATH.
+    #: The label server of ``labeler: remote`` (``remembrall serve``): tcp://HOST:PORT or ipc://PATH;
+    #: keys and name in the ``remote`` section.
     remote: str = ""
-    remote_server_key: str = setting("", help="the server's public key file (NAME.key)")
-    remote_client_key: str = setting("", help="this pipeline's key pair file (NAME.key_secret)")
-    remote_name: str = setting("", help="this pipeline's name at the server (default: HOST-OUTDIR)")
-    remote_timeout_s: float = setting(30.0, min=1.0, max=3600.0,
-                                      help="a request unanswered this long is sent again")
     remote_pending: int = setting(256, min=1, max=100000,
                                   help="samples (with pixels) kept for the server; beyond, the oldest expire")
 
@@ -75,8 +71,25 @@ class BufferConfig:
 
 
 @dataclass
+class RemoteConfig:
+    """How this pipeline reaches a ``remembrall serve`` server (``label.remote``, ``retrain.remote``):
+    CURVE keys for ``tcp://`` (nothing crosses a network in clear) and its name there."""
+
+    server_key: str = setting("", help="the server's public key file (NAME.key)")
+    client_key: str = setting("", help="this pipeline's key pair file (NAME.key_secret)")
+    name: str = setting("", help="this pipeline's name at the server (default: HOST-OUTDIR)")
+    timeout_s: float = setting(30.0, min=1.0, max=3600.0, help="a request unacknowledged this long is sent again")
+
+
+@dataclass
 class RetrainConfig:
     """Few-shot retraining under a compute share, early stopping, hot-swap, base update."""
+
+    #: Train on a ``remembrall serve`` server (its GPU) instead of here: tcp://HOST:PORT or ipc://PATH.
+    #: This stage still decides when, validates, keeps and announces; only the steps move.
+    remote: str = ""
+    remote_fallback_s: float = setting(60.0, min=0.0, max=86400.0,
+                                       help="server unreachable this long: train here instead (0 = wait for it)")
 
     min_labels: int = setting(16, min=1, help="labelled samples before the first run")
     every_labels: int = setting(32, min=1, help="new labels that trigger a run (cadence)")

@@ -207,25 +207,24 @@ def _check_semantics(cfg: Config, label: str) -> None:
     if cfg.infer.backend == "onnxruntime" and cfg.infer.device not in ("auto", "cpu"):
         raise ConfigError(f"{label}: infer.backend onnxruntime runs on the CPU; set infer.device: cpu (or auto), "
                           f"or infer.backend: torch for {cfg.infer.device}")
-    _check_remote(cfg.label.remote, cfg.label.remote_server_key, cfg.label.remote_client_key,
-                  where="label.remote", label=label, needed=cfg.learn and cfg.label.labeler == "remote")
+    _check_remote(cfg.label.remote, cfg, "label.remote", label, needed=cfg.learn and cfg.label.labeler == "remote")
+    _check_remote(cfg.retrain.remote, cfg, "retrain.remote", label, needed=False)
     if cfg.ui.enabled and not cfg.ui.allow_remote and not is_loopback_host(cfg.ui.host):
         raise ConfigError(f"{label}: ui.host {cfg.ui.host!r} is not a loopback address: the UI takes labels and "
                           "control commands, so serving it to the network needs ui.allow_remote: true")
 
 
-def _check_remote(address: str, *keys: str, where: str, label: str, needed: bool) -> None:
-    """A remote peer's address: tcp:// needs CURVE keys (nothing crosses a network in clear)."""
+def _check_remote(address: str, cfg: Config, where: str, label: str, needed: bool) -> None:
+    """A ``remembrall serve`` address: tcp:// needs CURVE keys (nothing crosses a network in clear)."""
     if not address:
         if needed:
-            raise ConfigError(f"{label}: {where}: give the label server's address, tcp://HOST:PORT")
+            raise ConfigError(f"{label}: {where}: give the server's address, tcp://HOST:PORT")
         return
     if not address.startswith(("tcp://", "ipc://")):
         raise ConfigError(f"{label}: {where}: {address!r} must be tcp://HOST:PORT or ipc://PATH")
-    if address.startswith("tcp://") and not all(keys):
-        raise ConfigError(f"{label}: {where} is tcp://: set label.remote_server_key (the server's NAME.key) and "
-                          "label.remote_client_key (this pipeline's NAME.key_secret); remembrall keys generate "
-                          "writes them")
+    if address.startswith("tcp://") and not (cfg.remote.server_key and cfg.remote.client_key):
+        raise ConfigError(f"{label}: {where} is tcp://: set remote.server_key (the server's NAME.key) and "
+                          "remote.client_key (this pipeline's NAME.key_secret); remembrall keys generate writes them")
 
 
 def config_to_dict(cfg: Any) -> Any:

@@ -11,6 +11,7 @@ from remembrall.config.learning import (
     BufferConfig,
     LabelConfig,
     MemoryConfig,
+    RemoteConfig,
     RetrainConfig,
     SelectConfig,
     ZooConfig,
@@ -50,7 +51,9 @@ class Config:
     zoo: ZooConfig = section(ZooConfig)
     #: Text sources and the text encoder.
     text: TextConfig = section(TextConfig)
-    #: ``remembrall serve``: the label server that pipelines with ``label.labeler: remote`` use.
+    #: Keys and name for ``label.remote`` / ``retrain.remote`` (a ``remembrall serve`` server).
+    remote: RemoteConfig = section(RemoteConfig)
+    #: ``remembrall serve``: labels and training for pipelines with ``label.remote`` / ``retrain.remote``.
     serve: ServeConfig = section(ServeConfig)
     run_dir: str | None = None
     out: str = "out"

@@ -84,15 +84,18 @@ class MetricsConfig:
 
 @dataclass
 class ServeConfig:
-    """``remembrall serve``: a label server (teacher or human) that many pipelines share over CURVE."""
+    """``remembrall serve``: labels (a teacher, or humans) and training steps that many pipelines share."""
 
     bind: str = setting("tcp://127.0.0.1:5557", help="tcp://HOST:PORT (CURVE) or ipc://PATH")
     secret_key: str = setting("", help="the server's key pair file (NAME.key_secret)")
     allowed_keys: str = setting("", help="folder of the client public keys (NAME.key) it serves")
-    queue: int = setting(256, min=1, max=100000, help="requests queued per pipeline; beyond, 'busy'")
+    labels: bool = setting(True, help="serve label requests with the label section's labeler")
+    training: bool = setting(True, help="run training steps for pipelines with retrain.remote")
+    train_device: str = setting("auto", help="where training runs: auto (cuda when present), cpu, cuda:N")
+    queue: int = setting(256, min=1, max=100000, help="label requests queued per pipeline; beyond, 'busy'")
     answers: int = setting(1024, min=1, max=1000000,
                            help="answers kept per pipeline while it is away, sent when it returns")
-    threads: int = setting(0, min=0, max=256, help="torch threads of the teacher (0 = torch's default)")
+    threads: int = setting(0, min=0, max=256, help="torch threads of the server (0 = torch's default)")
 
 
 @dataclass

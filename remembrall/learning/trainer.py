@@ -161,6 +161,12 @@ def accuracy(head: ClassifierHead | None, x: np.ndarray, labels: list[str]) -> f
     return float(np.mean([p == t for p, t in zip(names, labels, strict=True)]))
 
 
+def run_classes(serving: ClassifierHead | None, y_train: list[str], y_val: list[str]) -> list[str]:
+    """The classes a run's head has: the serving head's, then new ones in name order."""
+    known = list(serving.classes) if serving is not None else []
+    return known + sorted((set(y_train) | set(y_val)) - set(known))
+
+
 class TrainingRun:
     """One retraining run; call :meth:`step_slice` while it returns True (and a lease is held)."""
 
@@ -182,9 +188,7 @@ class TrainingRun:
             raise ValueError("x_train must be N×D with one label per row")
         self.device = torch.device(device)
         dim = x_train.shape[1]
-        known = list(serving.classes) if serving is not None else []
-        new = sorted((set(y_train) | set(y_val)) - set(known))
-        self.classes = known + new
+        self.classes = run_classes(serving, y_train, y_val)
         self.serving = serving
         self.baseline_accuracy = accuracy(serving, x_val, y_val) if serving is not None else 0.0
         self.head = grow_head(copy.deepcopy(serving) if serving is not None else None, self.classes, dim)

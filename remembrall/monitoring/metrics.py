@@ -206,16 +206,16 @@ BROKER_CONNECTED = Gauge(
 
 # ---------------------------------------------------------------- remote label server (CURVE)
 REMOTE_PENDING = Gauge(
-    "remembrall_remote_label_pending", "Samples this pipeline holds for its remote label server (sent or not).",
-    ["stage"], multiprocess_mode="livesum",
+    "remembrall_remote_pending", "Work a stage holds for its remembrall serve server (label: samples; "
+    "retrain: a training run), sent or not.", ["stage"], multiprocess_mode="livesum",
 )
 REMOTE_UP = Gauge(
-    "remembrall_remote_label_up", "1 while the remote label server answers (CURVE handshake done, pongs "
+    "remembrall_remote_up", "1 while a stage's remembrall serve server answers (CURVE handshake done, pongs "
     "arriving), else 0.", ["stage"], multiprocess_mode="livemax",
 )
 REMOTE_RESENT = Counter(
-    "remembrall_remote_label_resent", "Requests sent to the label server again, by reason (timeout: unanswered "
-    "for label.remote_timeout_s; restarted: the server came back without its queue; busy).", ["stage", "reason"],
+    "remembrall_remote_resent", "Work sent to the server again, by reason (timeout: unacknowledged for "
+    "remote.timeout_s; restarted: the server came back without it; busy).", ["stage", "reason"],
 )
 LABEL_SERVER_REQUESTS = Counter(
     "remembrall_label_server_requests", "Label requests a label server took, by client pipeline and outcome "
@@ -224,6 +224,10 @@ LABEL_SERVER_REQUESTS = Counter(
 LABEL_SERVER_QUEUED = Gauge(
     "remembrall_label_server_queued", "Requests waiting at the label server, by client pipeline.", ["client"],
     multiprocess_mode="livesum",
+)
+TRAIN_SERVER_JOBS = Counter(
+    "remembrall_train_server_jobs", "Training runs a remembrall serve server took for a pipeline, by outcome "
+    "(trained, cancelled, refused).", ["client", "outcome"],
 )
 CURVE_REFUSED = Counter(
     "remembrall_curve_refused", "Peers a CURVE server refused: unknown_key (not in the allowed keys folder) or "

@@ -63,8 +63,7 @@ class LabelStage(Stage):
         super().__init__(spec)
         self.labeler: Labeler
         if self.cfg.label.labeler == "remote":  # a label server on another host (remembrall serve)
-            self.labeler = RemoteLabeler(self.cfg.label, self.ctx, self.name, spec.out_dir or ".",
-                                         self.cfg.transport.max_message_bytes)
+            self.labeler = RemoteLabeler(self.cfg, self.ctx, self.name, spec.out_dir or ".")
         else:
             self.labeler = make_labeler(self.cfg.label, spec.run_dir or ".")
         self.ends = StreamEnds(spec.streams, spec.finished_streams, self.cfg.supervisor.stage_idle_drain_s)
@@ -150,7 +149,7 @@ class LabelStage(Stage):
         if not self.orphaned:  # label files stay where they are for the next run to read
             self._send_all(out, self.labeler.poll())
         if remote is not None and not self.orphaned:  # answers a label server that is there still owes
-            deadline = time.monotonic() + min(self.cfg.supervisor.drain_timeout_s, self.cfg.label.remote_timeout_s)
+            deadline = time.monotonic() + min(self.cfg.supervisor.drain_timeout_s, self.cfg.remote.timeout_s)
             while self.labeler.pending and self.labeler.up and time.monotonic() < deadline:
                 remote.poll(100)
                 self._send_all(out, self.labeler.poll())

@@ -1,7 +1,7 @@
 """``label.labeler: remote``: a label server on another host (``remembrall serve``) labels for us.
 
-The label stage's side of the wire (PROTOCOL.md §11). A DEALER socket, a CURVE client over
-``tcp://``, sends each selected sample, pixels included, to the server's ROUTER and keeps it in
+The label stage's side of the wire (PROTOCOL.md §11). Over its :class:`ServerLink` (a CURVE
+client) it sends each selected sample, pixels included, to the server and keeps it in
 ``pending`` until its answer comes back; the server may be a GPU box whose teacher serves a whole
 fleet, or a desk of humans. The edge never waits on it: inference does not pass through the label
 stage, and what the server cannot take now stays pending here (bounded by
@@ -21,37 +21,27 @@ answer for a sample (after a resend) is ignored; the buffer keeps each sample id
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import zmq
 
-from remembrall.config import LabelConfig
-from remembrall.io.curve import HandshakeWatch, load_keys, make_client
+from remembrall.config import Config
 from remembrall.learning.labelers import Labeler, Labelled, LabelRequest, Vocabulary
 from remembrall.monitoring import metrics as m
-from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
+from remembrall.pipeline.messages import Message
+from remembrall.pipeline.remote import ServerLink, encode_once
 from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
 
-PING_S = 2.0
 BUSY_RETRY_S = 1.0
-#: Pings unanswered before the server counts as down (said once in the log, gauge 0).
-MISSED_PINGS = 3
 #: Sample ids answered lately: a second answer (after a resend) is ignored.
 ANSWERED_KEPT = 4096
 #: What an answer adds to the sample it labels.
 ANSWER_FIELDS = ("label", "label_source", "label_confidence")
-
-
-def default_remote_name(out_dir: str) -> str:
-    """HOST-OUTDIR: unique per pipeline in a fleet without configuring anything."""
-    return f"{socket.gethostname()}-{Path(out_dir).resolve().name}"[:200]
 
 
 def request_message(request: LabelRequest) -> Message:
@@ -67,7 +57,7 @@ def request_message(request: LabelRequest) -> Message:
 @dataclass
 class _Pending:
     request: LabelRequest
-    wire: list
+    wire: list[bytes]
     sent_at: float | None = None  # None: not sent yet (no connection, or busy)
     retry_at: float = 0.0
 
@@ -77,32 +67,20 @@ class RemoteLabeler(Labeler):
 
     name = "remote"
 
-    def __init__(self, cfg: LabelConfig, ctx: zmq.Context, stage: str, out_dir: str = ".",
-                 max_message_bytes: int = 64 << 20) -> None:
-        super().__init__(Vocabulary(list(cfg.classes)))
-        self.stage, self.address = stage, cfg.remote
-        self.timeout_s, self.max_pending = cfg.remote_timeout_s, cfg.remote_pending
-        self.peer = cfg.remote_name or default_remote_name(out_dir)
-        self.socket = ctx.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.ROUTING_ID, self.peer.encode("utf-8"))
-        self.socket.setsockopt(zmq.IMMEDIATE, 1)  # no queue to a server we are not connected to
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        self.socket.setsockopt(zmq.SNDHWM, 64)
-        if cfg.remote_server_key or cfg.remote_client_key:
-            make_client(self.socket, load_keys(cfg.remote_client_key, secret=True),
-                        load_keys(cfg.remote_server_key, secret=False).public)
-        self.watch = HandshakeWatch(self.socket, on_failure=self._handshake_failed)
-        self.socket.connect(cfg.remote)
+    def __init__(self, cfg: Config, ctx: zmq.Context, stage: str, out_dir: str = ".") -> None:
+        super().__init__(Vocabulary(list(cfg.label.classes)))
+        self.stage = stage
+        self.timeout_s, self.max_pending = cfg.remote.timeout_s, cfg.label.remote_pending
+        self.link = ServerLink(ctx, cfg.label.remote, cfg.remote, stage, out_dir, "label", "label server",
+                               cfg.transport.max_message_bytes)
+        self.link.on_restart = lambda: self._resend_all("restarted")
+        self.socket = self.link.socket
         self.pending: OrderedDict[str, _Pending] = OrderedDict()
         self._answered: OrderedDict[str, None] = OrderedDict()
-        self.server_life: str | None = None
-        self.up = False
-        self._last_ping = 0.0
-        self._last_pong = time.monotonic()
-        self._said_down = False
-        m.REMOTE_UP.labels(stage).set(0)
-        log.info("%s: labels from %s as %r", stage, cfg.remote, self.peer)
+
+    @property
+    def up(self) -> bool:
+        return self.link.up
 
     # ------------------------------------------------------------------ Labeler
     def submit(self, request: LabelRequest) -> list[Labelled]:
@@ -110,7 +88,7 @@ class RemoteLabeler(Labeler):
             return self._reject("bad_sample", "sample without an id")
         self.pending.pop(request.id, None)
         self._answered.pop(request.id, None)
-        self.pending[request.id] = _Pending(request, _wire(request_message(request)))
+        self.pending[request.id] = _Pending(request, encode_once(request_message(request)))
         while len(self.pending) > self.max_pending:
             old, _ = self.pending.popitem(last=False)
             self._reject("expired", f"the label server did not answer {old!r} before "
@@ -121,17 +99,9 @@ class RemoteLabeler(Labeler):
     def poll(self) -> list[Labelled]:
         """Take every answer that arrived; ping, resend and expire as due."""
         out: list[Labelled] = []
-        while self.socket.poll(0, zmq.POLLIN):
-            try:
-                parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-                msg = decode_message(parts)
-            except zmq.Again:
-                break
-            except MalformedMessage as exc:
-                self._reject(f"malformed_{exc.reason}", f"from the label server: {exc}")
-                continue
+        for msg in self.link.receive():
             out += self._handle(msg)
-        self._keep_alive()
+        self.link.keep_alive(len(self.pending))
         self._send_due()
         m.REMOTE_PENDING.labels(self.stage).set(len(self.pending))
         return out
@@ -139,25 +109,20 @@ class RemoteLabeler(Labeler):
     def close(self) -> None:
         if self.pending:
             log.warning("%s: %d samples were still waiting for the label server %s", self.stage,
-                        len(self.pending), self.address)
+                        len(self.pending), self.link.address)
         m.REMOTE_PENDING.labels(self.stage).set(0)
-        self.watch.close()
-        self.socket.close(linger=0)
+        self.link.close()
 
     # ------------------------------------------------------------------ internals
     def _handle(self, msg: Message) -> list[Labelled]:
         if msg.kind == "control":
-            op = msg.get("op")
-            if op == "pong":
-                self._pong(msg.get("life"))
-            elif op == "busy" and msg.get("id") in self.pending:
+            if msg.get("op") == "busy" and msg.get("id") in self.pending:
                 entry = self.pending[msg.get("id")]
                 entry.sent_at, entry.retry_at = None, time.monotonic() + BUSY_RETRY_S
                 m.REMOTE_RESENT.labels(self.stage, "busy").inc()
             return []
         if msg.kind != "label":
             return self._reject("unexpected_kind", f"kind {msg.kind!r} from the label server")
-        self._pong(None)  # any answer shows the server is there
         sid = msg.get("id")
         if not isinstance(sid, str) or sid in self._answered:
             return []  # answered twice (after a resend): the first answer settled it
@@ -185,31 +150,6 @@ class RemoteLabeler(Labeler):
         return [Labelled(a.request, a.label, source if isinstance(source, str) else self.name, a.confidence)
                 for a in answers]
 
-    def _pong(self, life: object) -> None:
-        self._last_pong = time.monotonic()
-        if not self.up and self.watch.poll() == "up":
-            self.up, self._said_down = True, False
-            m.REMOTE_UP.labels(self.stage).set(1)
-            log.info("%s: label server %s answers", self.stage, self.address)
-        if isinstance(life, str) and life != self.server_life:
-            if self.server_life is not None:  # it restarted: what it had queued for us is gone
-                self._resend_all("restarted")
-            self.server_life = life
-
-    def _keep_alive(self) -> None:
-        now = time.monotonic()
-        state = self.watch.poll()
-        if now - self._last_ping >= PING_S:
-            self._last_ping = now
-            self._try_send(_wire(Message("control", fields={"op": "ping", "pending": len(self.pending)})))
-        if self.up and (state != "up" or now - self._last_pong > MISSED_PINGS * PING_S):
-            self.up = False  # disconnected, or connected and silent
-            m.REMOTE_UP.labels(self.stage).set(0)
-        if not self.up and not self._said_down and now - self._last_pong > MISSED_PINGS * PING_S:
-            self._said_down = True
-            log.warning("%s: the label server %s does not answer (%s); %d samples wait for it, inference goes on",
-                        self.stage, self.address, state, len(self.pending))
-
     def _send_due(self) -> None:
         now = time.monotonic()
         for entry in list(self.pending.values()):
@@ -219,7 +159,7 @@ class RemoteLabeler(Labeler):
                 continue
             if entry.sent_at is not None:
                 m.REMOTE_RESENT.labels(self.stage, "timeout").inc()
-            if not self._try_send(entry.wire):
+            if not self.link.send(entry.wire):
                 entry.sent_at = None
                 return  # not connected, or the send queue is full: try again at the next poll
             entry.sent_at = now
@@ -229,20 +169,3 @@ class RemoteLabeler(Labeler):
             if entry.sent_at is not None:
                 entry.sent_at = None
                 m.REMOTE_RESENT.labels(self.stage, reason).inc()
-
-    def _try_send(self, wire: list) -> bool:
-        try:
-            self.socket.send_multipart(wire, flags=zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            return False
-
-    def _handshake_failed(self, _event: int, why: str) -> None:
-        if self.watch.failures <= 3 or self.watch.failures % 100 == 0:
-            log.error("%s: label server %s: %s [%d so far]", self.stage, self.address, why, self.watch.failures)
-
-
-def _wire(msg: Message) -> list:
-    """Encoded once, sent as often as needed (the arrays are copied: the receive buffer is reused)."""
-    return [bytes(part) if isinstance(part, memoryview) else part for part in encode_message(msg)]
-

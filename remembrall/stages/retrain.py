@@ -47,6 +47,7 @@ from remembrall.pipeline.stream_ends import StreamEnds
 from remembrall.priority import set_cpu_priority
 from remembrall.stages.buffer import buffer_path
 from remembrall.stages.fleet_zoo import FleetZoo
+from remembrall.stages.remote_trainer import RemoteRun, RemoteTrainer
 from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class ModalityState:
     resume: bool = False
     retry_at: float = 0.0
     recent: RecentLabels = field(default_factory=RecentLabels)
-    run: TrainingRun | None = None
+    run: TrainingRun | RemoteRun | None = None
     run_seen: int = 0
     run_started: float = 0.0
     #: the serving head's file when it is not the registry's (a specialist recalled from the zoo)
@@ -119,6 +120,9 @@ class RetrainStage(Stage):
         #: the fleet's shared zoo (``zoo.share``): what this pipeline learns goes out, the fleet's comes in
         self.fleet = (FleetZoo(self.cfg, self.name, spec.out_dir or str(self.run_dir), self.journal.write)
                       if self.cfg.zoo.enabled and self.cfg.zoo.share else None)
+        #: ``retrain.remote``: the steps of each run go to a remembrall serve server
+        self.remote = (RemoteTrainer(self.cfg, self.ctx, self.name, spec.out_dir or str(self.run_dir))
+                       if self.rcfg.remote else None)
         for modality in ("vision", "text"):
             if buffer_path(self.bcfg, self.run_dir, modality).exists() or self._registry(modality).versions():
                 self._state(modality)
@@ -423,8 +427,9 @@ class RetrainStage(Stage):
             st.retry_at = time.monotonic() + 30.0
             return
         ref = st.monitor.mean()
-        st.run = TrainingRun(start, xs, ys, xv, yv, self.settings, drift=lambda: st.monitor.drift_from(ref),
-                             device=self.device)
+        drift = lambda: st.monitor.drift_from(ref)  # noqa: E731 - the run asks it after every slice
+        st.run = (self.remote.run(start, xs, ys, xv, yv, self.settings, drift, self.device) if self.remote is not None
+                  else TrainingRun(start, xs, ys, xv, yv, self.settings, drift=drift, device=self.device))
         st.run_seen, st.run_started = seen, time.monotonic()
         st.run_consolidates = consolidate
         st.run_scene = np.stack(st.monitor.recent) if len(st.monitor) else None
@@ -440,6 +445,9 @@ class RetrainStage(Stage):
         """Run one slice if the arbiter allows; True when compute was used."""
         run = st.run
         assert run is not None
+        if isinstance(run, RemoteRun) and run.local is None:  # its steps run on the server
+            run.step_slice()
+            return False
         if not draining and not self.arbiter.acquire():
             now = time.monotonic()
             if self.arbiter.last_denial == "backlog":
@@ -630,6 +638,8 @@ class RetrainStage(Stage):
                         self._step(st, draining)
                     if st.run.done:
                         self._finish(st)
+            if self.remote is not None:
+                self.remote.poll()  # answers, pings: the server's state is on the dashboard while idle too
             m.GPU_SHARE.labels(self.name, "").set(self.arbiter.share())
             if self.fleet is not None and not busy:
                 self._sync_fleet()
@@ -641,4 +651,6 @@ class RetrainStage(Stage):
                  self.rejected_runs)
         if self.fleet is not None:
             self.fleet.close()
+        if self.remote is not None:
+            self.remote.close()
         return 0

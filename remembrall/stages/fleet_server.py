@@ -1,10 +1,13 @@
-"""``remembrall serve``: one label server (a teacher on a GPU box, or a desk of humans) for a fleet.
+"""``remembrall serve``: one server (a GPU box) that labels and trains for a fleet of pipelines.
 
-A ROUTER socket, a CURVE server on ``serve.bind``, takes label requests from any number of edge
-pipelines (:mod:`remembrall.stages.remote_labeler`, PROTOCOL.md §11). Each pipeline is known by its
-routing id (``label.remote_name``) and gets its own bounded queue; the server labels the queues
-in turn, so one busy camera cannot starve the others. Answers to a pipeline that is away (its
-edge restarting, its link down) are kept (``serve.answers`` each) and sent when it pings again.
+A ROUTER socket, a CURVE server on ``serve.bind``, takes work from any number of edge pipelines
+(PROTOCOL.md §11): label requests (:mod:`remembrall.stages.remote_labeler`; the ``label``
+section's labeler answers them: a teacher, or a desk of humans) and training jobs
+(:mod:`remembrall.stages.remote_trainer`; run a slice at a time on ``serve.train_device``). Each
+pipeline is known by its routing id (``remote.name``) and gets its own bounded queue and one
+training job; the server serves them in turn, one label or one training slice each, so one busy
+camera cannot starve the others. Answers to a pipeline that is away (its edge restarting, its
+link down) are kept (``serve.answers`` each) and sent when it is heard from again.
 
 Bad input is counted, never fatal: a peer whose key is not in ``serve.allowed_keys`` is refused
 by the ZAP handler (``remembrall_curve_refused_total{reason="unknown_key"}``), a peer with a wrong
@@ -15,6 +18,7 @@ server key fails its handshake (``reason="handshake"``), a malformed message is 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 import uuid
@@ -23,15 +27,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import zmq
 
 from remembrall.config import Config, ConfigError
 from remembrall.io.curve import HandshakeWatch, KeyGate, load_keys, make_server
 from remembrall.learning.labelers import Labeler, Labelled, make_labeler
+from remembrall.learning.trainer import TrainingRun
+from remembrall.models.backbone import resolve_device
 from remembrall.monitoring import metrics as m
 from remembrall.monitoring.server import MetricsServer
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
 from remembrall.stages.label import label_request
+from remembrall.stages.remote_trainer import parse_job, result_message
 from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
@@ -42,25 +50,37 @@ STUCK_S = 60.0
 
 
 @dataclass
+class Job:
+    """A pipeline's training run on this server."""
+
+    id: str
+    run: TrainingRun
+    drift: float = 0.0
+
+
+@dataclass
 class Client:
     """One edge pipeline as the server sees it."""
 
     name: str
     queue: deque[Message] = field(default_factory=deque)
     queued: set[str] = field(default_factory=set)
+    job: Job | None = None
     #: answers it was away for, sent when it is heard from again
     held: deque[list[Any]] = field(default_factory=deque)
     last_seen: float = 0.0
 
 
-class LabelServer:
-    """Serve labels to the fleet until SIGTERM/SIGINT (or :meth:`stop`)."""
+class FleetServer:
+    """Serve labels and training to the fleet until SIGTERM/SIGINT (or :meth:`stop`)."""
 
     def __init__(self, cfg: Config, work_dir: str | Path = ".") -> None:
         s = cfg.serve
-        if cfg.label.labeler == "remote":
-            raise ConfigError("serve: label.labeler is remote; a label server labels itself "
-                              "(teacher, external or oracle)")
+        if s.labels and cfg.label.labeler == "remote":
+            raise ConfigError("serve: label.labeler is remote; a server labels itself (teacher, external or "
+                              "oracle), or set serve.labels: false")
+        if not (s.labels or s.training):
+            raise ConfigError("serve: serve.labels and serve.training are both false: nothing to serve")
         tcp = s.bind.startswith("tcp://")
         if tcp and not (s.secret_key and s.allowed_keys):
             raise ConfigError("serve.bind is tcp://: set serve.secret_key (the server's NAME.key_secret) and "
@@ -68,7 +88,10 @@ class LabelServer:
                               "writes them")
         self.cfg = cfg
         self.life = uuid.uuid4().hex  # a client that sees it change resends what this life never got
-        self.labeler: Labeler = make_labeler(cfg.label, work_dir, threads=s.threads)
+        if s.threads:
+            torch.set_num_threads(s.threads)
+        self.labeler: Labeler | None = make_labeler(cfg.label, work_dir, threads=s.threads) if s.labels else None
+        self.train_device = resolve_device(s.train_device) if s.training else None
         self.ctx = zmq.Context()
         self.gate: KeyGate | None = None
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -90,9 +113,11 @@ class LabelServer:
             raise OSError(f"serve.bind {s.bind}: {exc}; pick another address or port") from None
         self.address = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.clients: dict[bytes, Client] = {}
-        self._turn: deque[bytes] = deque()
+        self._turn: deque[bytes] = deque()  # whose label request is next
+        self._train_turn: deque[bytes] = deque()  # whose training slice is next
         self.stopping = False
         self.labelled = 0
+        self.trained = 0
         self._bad = 0
         self._loop_at = time.monotonic()
         self.metrics: MetricsServer | None = None
@@ -105,7 +130,8 @@ class LabelServer:
     def _health(self) -> tuple[bool, dict[str, Any]]:
         age = time.monotonic() - self._loop_at
         return age < STUCK_S, {"loop_age_s": round(age, 1), "clients": len(self.clients),
-                               "labeler": self.labeler.name, "labelled": self.labelled}
+                               "labeler": self.labeler.name if self.labeler else None, "labelled": self.labelled,
+                               "trained": self.trained}
 
     def install_signal_handlers(self) -> None:
         def _stop(signum: int, _frame: Any) -> None:
@@ -125,30 +151,35 @@ class LabelServer:
             self.gate.stop()
         if self.metrics is not None:
             self.metrics.stop()
-        self.labeler.close()
+        if self.labeler is not None:
+            self.labeler.close()
         self.ctx.term()
 
     def run(self) -> int:
-        log.info("serve: %s labeler on %s (CURVE %s)", self.labeler.name, self.address,
-                 "on" if self.cfg.serve.secret_key else "off")
+        log.info("serve: on %s (CURVE %s): labels %s, training %s", self.address,
+                 "on" if self.cfg.serve.secret_key else "off",
+                 f"by the {self.labeler.name} labeler" if self.labeler else "off",
+                 f"on {self.train_device}" if self.train_device else "off")
         last_labeler = 0.0
         try:
             while not self.stopping:
                 self._loop_at = time.monotonic()
-                busy = any(c.queue for c in self.clients.values())
+                busy = any(c.queue or c.job for c in self.clients.values())
                 if self.sock.poll(0 if busy else 100, zmq.POLLIN):
                     self._take_incoming()
                 if self.gate is not None:
                     self.gate.refresh()
                 self.watch.poll()
                 self._label_next()
-                if time.monotonic() - last_labeler >= POLL_LABELER_S:
+                self._train_next()
+                if self.labeler is not None and time.monotonic() - last_labeler >= POLL_LABELER_S:
                     last_labeler = time.monotonic()
                     for answer in self.labeler.poll():  # a human's labels, matched to their pipeline
                         self._answer(answer)
         finally:
-            log.info("serve: labelled %d samples for %d pipelines, rejected %s", self.labelled,
-                     len(self.clients), dict(self.labeler.rejected))
+            log.info("serve: labelled %d samples and trained %d runs for %d pipelines%s", self.labelled,
+                     self.trained, len(self.clients),
+                     f", rejected {dict(self.labeler.rejected)}" if self.labeler else "")
             self.close()
         return 0
 
@@ -164,6 +195,7 @@ class LabelServer:
             if client is None:
                 client = self.clients[ident] = Client(ident.decode("utf-8", "replace"))
                 self._turn.append(ident)
+                self._train_turn.append(ident)
                 log.info("serve: pipeline %r connected", client.name)
             client.last_seen = time.monotonic()
             self._flush_held(ident, client)
@@ -175,9 +207,24 @@ class LabelServer:
             self._request(ident, client, msg)
 
     def _request(self, ident: bytes, client: Client, msg: Message) -> None:
-        if msg.kind == "control" and msg.get("op") == "ping":
-            self._send(ident, Message("control", fields={"op": "pong", "life": self.life,
-                                                         "queued": len(client.queue)}))
+        if msg.kind == "control":
+            op = msg.get("op")
+            if op == "ping":
+                self._send(ident, Message("control", fields={"op": "pong", "life": self.life,
+                                                             "queued": len(client.queue)}), hold=False)
+            elif op == "train":
+                self._take_job(ident, client, msg)
+            elif op in ("drift", "cancel") and client.job is not None and client.job.id == msg.get("run"):
+                if op == "cancel":
+                    client.job = None
+                    m.TRAIN_SERVER_JOBS.labels(client.name, "cancelled").inc()
+                elif isinstance(msg.get("value"), (int, float)) and math.isfinite(msg.get("value")):
+                    client.job.drift = float(msg.get("value"))
+            elif op not in ("drift", "cancel"):
+                self._count(client, "malformed", f"unknown control op {op!r}")
+            return
+        if self.labeler is None:
+            self._send(ident, Message("label", fields={"id": msg.get("id"), "rejected": "not_served"}))
             return
         try:
             check_sample(msg)
@@ -190,7 +237,7 @@ class LabelServer:
             return
         if len(client.queue) >= self.cfg.serve.queue:
             m.LABEL_SERVER_REQUESTS.labels(client.name, "busy").inc()
-            self._send(ident, Message("control", fields={"op": "busy", "id": sid}))
+            self._send(ident, Message("control", fields={"op": "busy", "id": sid}), hold=False)
             return
         client.queue.append(msg)
         client.queued.add(sid)
@@ -220,6 +267,48 @@ class LabelServer:
                 self._send(ident, Message("label", fields={"id": request.payload[1], "rejected": reason}))
             return
 
+    # ---------------------------------------------------------------- training
+    def _take_job(self, ident: bytes, client: Client, msg: Message) -> None:
+        run_id = msg.get("run")
+        if not isinstance(run_id, str) or not run_id or len(run_id) > 64:
+            self._count(client, "malformed", "a training job without a run id")
+            return
+        if client.job is not None and client.job.id == run_id:  # sent again: it is here already
+            self._send(ident, Message("control", fields={"op": "train_queued", "run": run_id, "life": self.life}), hold=False)
+            return
+        if self.train_device is None:
+            self._send(ident, Message("control", fields={"op": "train_failed", "run": run_id,
+                                                         "error": "this server does not train (serve.training)"}))
+            return
+        try:
+            start, xs, ys, xv, yv, settings = parse_job(msg)
+            run = TrainingRun(start, xs, ys, xv, yv, settings, drift=lambda: job.drift, device=self.train_device)
+        except ValueError as exc:  # JobError, or TrainingRun refusing the data
+            m.TRAIN_SERVER_JOBS.labels(client.name, "refused").inc()
+            log.warning("serve: refused a training job from %r: %s", client.name, exc)
+            self._send(ident, Message("control", fields={"op": "train_failed", "run": run_id, "error": str(exc)}))
+            return
+        if client.job is not None:  # a newer run replaces one the pipeline gave up on
+            m.TRAIN_SERVER_JOBS.labels(client.name, "cancelled").inc()
+        job = client.job = Job(run_id, run)
+        self._send(ident, Message("control", fields={"op": "train_queued", "run": run_id, "life": self.life}), hold=False)
+
+    def _train_next(self) -> None:
+        """One training slice for the next pipeline in turn that has a job."""
+        for _ in range(len(self._train_turn)):
+            ident = self._train_turn[0]
+            self._train_turn.rotate(-1)
+            client = self.clients[ident]
+            if client.job is None:
+                continue
+            job = client.job
+            if not job.run.step_slice():
+                client.job = None
+                self.trained += 1
+                m.TRAIN_SERVER_JOBS.labels(client.name, "trained").inc()
+                self._send(ident, result_message(job.id, job.run.result()))
+            return
+
     def _answer(self, answer: Labelled) -> None:
         """The labelled sample goes back whole (embedding and probabilities, no pixels): a pipeline
         whose label stage restarted since it asked can use it without remembering the request."""
@@ -235,16 +324,17 @@ class LabelServer:
                                   fields=fields, arrays=list(sample.arrays[:2])))
 
     # ---------------------------------------------------------------- replies
-    def _send(self, ident: bytes, msg: Message) -> None:
+    def _send(self, ident: bytes, msg: Message, hold: bool = True) -> None:
+        """Send to a pipeline; an answer (``hold``) it cannot take now waits for it."""
         wire = [ident, *encode_message(msg)]
         client = self.clients.get(ident)
-        if client is not None and client.held:  # keep the order: older answers first
+        if hold and client is not None and client.held:  # keep the order: older answers first
             self._hold(client, wire)
             return
         try:
             self.sock.send_multipart(wire, flags=zmq.NOBLOCK)
         except zmq.ZMQError:  # not connected now (EHOSTUNREACH), or its queue is full (EAGAIN)
-            if client is not None and msg.kind == "label":
+            if hold and client is not None:
                 self._hold(client, wire)
 
     def _hold(self, client: Client, wire: list[Any]) -> None:
