@@ -7,9 +7,12 @@ images), see the same scenes in different orders — camera 1 ``BCD``, camera 2 
 ``DBC`` — each through the real pipeline (``remembrall run``, continual-bench config, oracle
 labels at 10 %), one after the other, on a base head fitted to scene A. Two systems:
 
-* ``alone``: every camera with its own zoo;
+* ``alone``: every camera with its own zoo, labelling and training on its own;
 * ``fleet``: the zoo shared through a folder (``zoo.share``): what camera 1 learned is in the zoo
-  camera 2 starts with, and so on.
+  camera 2 starts with, and so on; and one ``remembrall serve`` server, over CURVE tcp on loopback,
+  labels for all three (``label.labeler: remote``; its labeler is the same annotation oracle, so
+  the labels are identical and only the zoo can change how many are needed) and runs their
+  training steps (``retrain.remote``). What it did is counted in ``shared_server``.
 
 For every segment of cameras 2 and 3 (each a scene another camera had already learned in the
 fleet run): ``labels_to_target`` — the labels the camera took, from the segment's start, until
@@ -22,9 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +48,80 @@ from bench.continual import (
 from bench.drift_stream import RECURRING_SCENES, build_recurring_stream, write_manifest_slice
 
 CAMERAS = (("cam1", "BCD", 11), ("cam2", "CDB", 12), ("cam3", "DBC", 13))
+ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("alone", "fleet")
 WINDOW = 50  # frames the "reached the target" accuracy is measured over
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SharedServer:
+    """``remembrall serve`` for the fleet: labels (the annotation oracle) and training, over CURVE."""
+
+    def __init__(self, work: Path, timeout: float) -> None:
+        from remembrall.io.curve import generate_keys
+
+        self.keys = work / "keys"
+        (self.keys / "allowed").mkdir(parents=True)
+        generate_keys(self.keys, "server")
+        for name, _, _ in CAMERAS:
+            generate_keys(self.keys, name)
+            (self.keys / "allowed" / f"{name}.key").write_bytes((self.keys / f"{name}.key").read_bytes())
+        self.port, self.metrics_port = _free_port(), _free_port()
+        cfg = work / "server.yaml"
+        cfg.write_text(json.dumps({
+            "serve": {"bind": f"tcp://127.0.0.1:{self.port}", "secret_key": str(self.keys / "server.key_secret"),
+                      "allowed_keys": str(self.keys / "allowed"), "train_device": "cpu", "threads": 1},
+            "label": {"labeler": "oracle"}, "out": str(work / "server")}))
+        self.log = (work / "server.log").open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "remembrall", "serve", str(cfg), "--metrics-port",
+                                      str(self.metrics_port)], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, REMEMBRALL_LOG_FORMAT="json"))
+        deadline = time.monotonic() + min(timeout, 120)
+        while self.scrape() is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"remembrall serve did not start; see {work / 'server.log'}")
+            time.sleep(0.2)
+
+    def overrides(self, camera: str) -> dict[str, Any]:
+        address = f"tcp://127.0.0.1:{self.port}"
+        return {"label.labeler": "remote", "label.remote": address, "retrain.remote": address,
+                "retrain.remote_fallback_s": 0, "remote.name": camera,
+                "remote.server_key": str(self.keys / "server.key"),
+                "remote.client_key": str(self.keys / f"{camera}.key_secret")}
+
+    def scrape(self) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=3) as resp:
+                return resp.read().decode()
+        except OSError:
+            return None
+
+    def counts(self) -> dict[str, dict[str, float]]:
+        """What the server did for each camera: labels answered, training runs finished."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out: dict[str, dict[str, float]] = {}
+        for family in text_string_to_metric_families(self.scrape() or ""):
+            for sample in family.samples:
+                what = {"remembrall_label_server_requests_total": "labelled",
+                        "remembrall_train_server_jobs_total": "trained"}.get(sample.name)
+                if what and sample.labels.get("outcome") == what:
+                    camera = sample.labels["client"].split("/")[0]
+                    out.setdefault(camera, {"labelled": 0, "trained": 0})[what] += sample.value
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
 
 
 def labels_by_frame(out_dir: Path) -> list[int]:
@@ -118,37 +197,53 @@ def main(argv: list[str] | None = None) -> int:
         streams = {name: build_recurring_stream(work / name, size=size, frames_per_segment=per, seed=seed, order=order)
                    for name, order, seed in CAMERAS}
         results: dict[str, dict[str, Any]] = {}
-        for system in SYSTEMS:
-            cams: dict[str, Any] = {}
-            for name, order, _ in CAMERAS:
-                overrides = {"infer.head": str(base), **extra, "zoo.origin": name}
-                if system == "fleet":
-                    overrides["zoo.share"] = str(work / "shared-zoo")
-                info = streams[name]
-                res = run_system(f"{system}/{name}", work / system / name, work / name / "manifest.jsonl",
-                                 overrides, info, args.fps, args.timeout)
-                out_dir = work / system / name
-                seqs, correct = prequential(read_predictions(out_dir / "predictions.jsonl"))
-                by_seq = dict(zip(seqs, correct, strict=True))
-                labels = labels_by_frame(out_dir)
-                cams[name] = {"order": order, "mean_accuracy": res["mean_accuracy"], "labels_used": len(labels),
-                              "segments": [segment_figures(by_seq, labels, s, args.target) for s in info["segments"]],
-                              "wall_seconds": res["wall_seconds"]}
-                print(f"{system}/{name} ({order}): accuracy {res['mean_accuracy']:.3f}, {len(labels)} labels, "
-                      f"{res['wall_seconds']:.0f} s", flush=True)
-            results[system] = cams
+        server = SharedServer(work, args.timeout)
+        try:
+            for system in SYSTEMS:
+                results[system] = run_cameras(system, work, base, extra, streams, server, args)
+            shared = server.counts()
+        finally:
+            server.stop()
     except BenchError as exc:
         print(f"bench.fleet: {exc}", file=sys.stderr)
         return 1
     report = assemble(results, args, per, started)
+    report["shared_server"] = shared
     write_json(args.json, report)
     rows = [[s, c, seg["segment"], seg["labels_to_target"], "yes" if seg["reached"] else "no",
              seg["first100_accuracy"], seg["accuracy"]]
             for s in SYSTEMS for c in ("cam2", "cam3") for seg in results[s][c]["segments"]]
     print_table(rows, ["system", "camera", "segment", "labels to target", "reached", "first 100 acc", "acc"])
     print(f"labels saved by the shared zoo: {report['labels_saved_ratio']:.0%} (target ≥ 30 %); first-100 "
-          f"accuracy {report['first100_accuracy']['alone']} alone → {report['first100_accuracy']['fleet']} fleet")
+          f"accuracy {report['first100_accuracy']['alone']} alone → {report['first100_accuracy']['fleet']} fleet; "
+          f"the shared server labelled and trained for the fleet: {shared}")
     return 0
+
+
+def run_cameras(system: str, work: Path, base: Path, extra: dict[str, Any], streams: dict[str, Any],
+                server: SharedServer, args: argparse.Namespace) -> dict[str, Any]:
+    """The three cameras one after the other, alone or as a fleet."""
+    cams: dict[str, Any] = {}
+    for name, order, _ in CAMERAS:
+        overrides = {"infer.head": str(base), **extra, "zoo.origin": name}
+        if system == "fleet":
+            overrides["zoo.share"] = str(work / "shared-zoo")
+            overrides.update(server.overrides(name))
+        info = streams[name]
+        res = run_system(f"{system}/{name}", work / system / name, work / name / "manifest.jsonl",
+                         overrides, info, args.fps, args.timeout)
+        out_dir = work / system / name
+        seqs, correct = prequential(read_predictions(out_dir / "predictions.jsonl"))
+        by_seq = dict(zip(seqs, correct, strict=True))
+        labels = labels_by_frame(out_dir)
+        if not labels:  # e.g. the shared server never answered: the figures would flatter the fleet
+            raise BenchError(f"{system}/{name} took no label at all; see {out_dir / 'log.jsonl'}")
+        cams[name] = {"order": order, "mean_accuracy": res["mean_accuracy"], "labels_used": len(labels),
+                      "segments": [segment_figures(by_seq, labels, s, args.target) for s in info["segments"]],
+                      "wall_seconds": res["wall_seconds"]}
+        print(f"{system}/{name} ({order}): accuracy {res['mean_accuracy']:.3f}, {len(labels)} labels, "
+              f"{res['wall_seconds']:.0f} s", flush=True)
+    return cams
 
 
 def assemble(results: dict[str, dict[str, Any]], args: argparse.Namespace, per: int, started: float

@@ -28,6 +28,13 @@ Measured in one run, warm-up excluded, on ``builtin:vtest`` (opencv-doc's vtest.
   the same cores: a browser on another machine costs the device less.
 - ``stage_cpu_ms_per_item`` and ``stage_rss_bytes`` (maps by stage, the supervisor included):
   CPU milliseconds per item each process used over the timed window, and its peak resident memory.
+- ``pipeline_fps_mqtt_sink``: the same run publishing every prediction to a real Mosquitto on
+  loopback too (``sink.brokers``, QoS 1), alternated with plain runs (``--mqtt-rounds``, 3);
+  ``mqtt_sink_ratio`` is the median of each pair's ratio (target ≥ 0.95: the broker sink must not
+  be the bottleneck) and ``mqtt_received`` what a subscriber in the benchmark got against the
+  predictions written; ``mqtt_publish_per_s`` is how many 400-byte lines one sink's publisher gets
+  confirmed per second flat out (the broker-throughput figure of the sizing table). Skipped where
+  Debian's ``mosquitto`` is not installed.
 - ``transport_fps`` / ``raw_zmq_fps``: 1920×1080×3 uint8 frames between two processes over
   PUSH/PULL ``ipc://``: ours through ``Stage.send``/``Stage.recv`` (encode + validate + decode),
   raw pyzmq as in its ``send_array`` example (JSON metadata + zero-copy buffer). Same HWM and
@@ -46,6 +53,8 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -242,6 +251,96 @@ def _infer_busy(metrics_url: str) -> tuple[float, float] | None:
                 elif s.name == "remembrall_stage_latency_seconds_sum":
                     busy += s.value
     return count, busy
+
+
+class Mosquitto:
+    """Debian's ``mosquitto`` on a free loopback port, and a subscriber counting what arrives."""
+
+    def __init__(self, tmp: Path, topic: str = "remembrall/predictions") -> None:
+        import paho.mqtt.client as mqtt
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        conf = tmp / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\npersistence false\nallow_anonymous true\nuser root\n")
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.url = f"mqtt://127.0.0.1:{self.port}/{topic}?qos=1"
+        self.received = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = lambda *_: self._count()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.connect("127.0.0.1", self.port)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("mosquitto did not start") from None
+                time.sleep(0.1)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+
+    def _count(self) -> None:
+        self.received += 1
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def mqtt_publish_ceiling(url: str, n: int = 20_000, size: int = 400) -> float:
+    """Prediction-sized lines per second one sink's MQTT publisher gets confirmed (QoS 1), flat out."""
+    from remembrall.io.brokers.publish import PublisherHooks, open_publisher
+
+    confirmed = [0]
+    done = threading.Event()
+
+    def published(k: int) -> None:
+        confirmed[0] += k
+        if confirmed[0] >= n:
+            done.set()
+
+    publisher = open_publisher(url, buffer=n + 1, hooks=PublisherHooks(published=published))
+    try:
+        deadline = time.monotonic() + 10
+        while not publisher.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        payload = b"x" * size
+        t0 = time.perf_counter()
+        for _ in range(n):
+            publisher.publish(payload)
+        if not done.wait(120):
+            raise RuntimeError(f"the broker confirmed {confirmed[0]} of {n} lines in 120 s")
+        return n / (time.perf_counter() - t0)
+    finally:
+        publisher.close()
+
+
+def bench_mqtt_sink(config: str, video: Path, sets: list[str], tmp: Path, rounds: int, timeout: float,
+                    **steady: float) -> dict[str, Any]:
+    """Pipeline fps with and without the MQTT sink, alternated (see the module docstring)."""
+    broker = Mosquitto(tmp)
+    try:
+        ceiling = mqtt_publish_ceiling(broker.url)
+        plain, mqtt, received, written = [], [], [], []
+        for _ in range(rounds):
+            plain.append(bench_pipeline(config, video, sets, tmp, timeout, **steady)["fps"])
+            before = broker.received
+            run = bench_pipeline(config, video, [*sets, f'sink.brokers=["{broker.url}"]'], tmp, timeout, **steady)
+            time.sleep(1.0)  # the last PUBACKs and deliveries
+            mqtt.append(run["fps"])
+            received.append(broker.received - before)
+            written.append(run["frames"])
+    finally:
+        broker.close()
+    return {"mqtt_publish_per_s": round(ceiling, 1), "pipeline_fps_mqtt_sink": statistics.median(mqtt),
+            "mqtt_sink_ratio": statistics.median(w / p for w, p in zip(mqtt, plain, strict=True)),
+            "mqtt_rounds_fps": {"plain": [round(x, 2) for x in plain], "mqtt": [round(x, 2) for x in mqtt]},
+            "mqtt_received": {"messages": received, "predictions": written}}
 
 
 def bench_pipeline(config: str, video: Path, sets: list[str], tmp: Path, timeout: float,
@@ -498,7 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, help="length of each measurement (default 5, smoke 0.5)")
     p.add_argument("--rounds", type=int, help="alternating transport rounds (default 3, smoke 1)")
     p.add_argument("--skip", action="append", default=[],
-                   choices=["transport", "decode", "infer", "pipeline", "ui", "onnxruntime"])
+                   choices=["transport", "decode", "infer", "pipeline", "ui", "onnxruntime", "mqtt"])
+    p.add_argument("--mqtt-rounds", type=int, default=3,
+                   help="plain/MQTT-sink pipeline run pairs for mqtt_sink_ratio (median of the pairs' ratios)")
     p.add_argument("--viewers", type=int, default=10, help="live-view clients for pipeline_fps_ui_watched")
     p.add_argument("--ui-rounds", type=int, default=3,
                    help="plain/watched pipeline run pairs for ui_watched_ratio (median of the pairs' ratios)")
@@ -584,6 +685,10 @@ def main(argv: list[str] | None = None) -> int:
                 res["ui_watched_ratio"] = statistics.median(w / p for w, p in zip(watched_fps, plain, strict=True))
                 res["ui_rounds_fps"] = {"plain": [round(x, 2) for x in plain],
                                         "watched": [round(x, 2) for x in watched_fps]}
+            if "mqtt" not in args.skip and shutil.which("mosquitto"):
+                res["loadavg_1m"]["pipeline_mqtt"] = loadavg_1m()
+                res.update(bench_mqtt_sink(args.config, video, sets, tmp, 1 if args.smoke else args.mqtt_rounds,
+                                           120 if args.smoke else 900, **steady))
             res["loadavg_1m"]["end"] = loadavg_1m()
             if measure_infer is not None and not args.smoke:  # again: the load may have changed meanwhile
                 infer_runs.append(measure_infer(seconds * 2))
@@ -611,7 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, res)
     rows = [(k, res[k]) for k in ("decode_fps", "infer_fps", "onnxruntime_infer_fps", "pipeline_fps",
                                   "pipeline_fps_ui_watched",
-                                  "ui_watched_ratio", "pipeline_efficiency", "pipeline_vs_infer_in_pipeline",
+                                  "ui_watched_ratio", "pipeline_fps_mqtt_sink", "mqtt_sink_ratio",
+                                  "pipeline_efficiency", "pipeline_vs_infer_in_pipeline",
                                   "infer_alone_cores",
                                   "transport_fps", "raw_zmq_fps", "transport_efficiency") if k in res]
     for stage, ms in res.get("stage_cpu_ms_per_item", {}).items():

@@ -184,15 +184,18 @@ def test_garbage_from_an_allowed_peer_is_counted_not_fatal(keys: Path, tmp_path:
     cam = client(keys, port, "cam-b", ctx)
     try:
         before = value(m.LABEL_SERVER_REQUESTS, "cam-b/label", "malformed")
+        nameless = value(m.LABEL_SERVER_REQUESTS, "", "malformed")
+        cam.socket.send_multipart([b"no name frame"])  # not even a pipeline's name
         for junk in ([b"\xff\x00garbage"], [b"\x81\xa1v\x01", b"x"], [b""]):
-            cam.socket.send_multipart(junk)
+            assert cam.link.send(junk)
         bad = Message("sample", fields={"id": "g:1"}, arrays=[np.zeros(4, np.float32)])  # all-zero embedding
-        from remembrall.pipeline.messages import encode_message
+        from remembrall.pipeline.remote import encode_once
 
-        cam.socket.send_multipart(encode_message(bad))
+        assert cam.link.send(encode_once(bad))
         cam.submit(request("g:2", "cat"))  # the server still serves
         assert [x.label for x in collect(cam, 1)] == ["cat"]
         assert value(m.LABEL_SERVER_REQUESTS, "cam-b/label", "malformed") >= before + 4
+        assert value(m.LABEL_SERVER_REQUESTS, "", "malformed") >= nameless + 1
     finally:
         cam.close()
         server.stop()
@@ -213,3 +216,43 @@ def test_config_and_key_errors_say_what_to_do(keys: Path, tmp_path: Path) -> Non
         load_keys(tmp_path / "bad.key", secret=False)
     with pytest.raises(CurveKeyError, match="exists"):
         generate_keys(keys, "teacher")
+
+
+def test_a_name_cannot_be_taken_over_with_another_allowed_key(keys: Path, tmp_path: Path) -> None:
+    """cam-b holds an allowed key, but cam-a's name belongs to cam-a's key: nothing of cam-a's
+    reaches cam-b, and cam-a is served again once cam-b lets go of the name."""
+    port = free_port()
+    server = Server(keys, port, tmp_path, labeler="external")
+    ctx = zmq.Context()
+    owner = client(keys, port, "cam-a", ctx)
+    try:
+        owner.submit(request("cam0:1", "x"))
+        exported = tmp_path / "server" / "external" / "samples"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not list(exported.glob("*.json")):
+            owner.poll()
+            time.sleep(0.05)
+        owner.close()  # away; a human answers meanwhile
+        (tmp_path / "server" / "external" / "labels" / "a.json").write_text(
+            json.dumps({"id": "cam-a/label/cam0:1", "label": "owl"}))
+        impostor = client(keys, port, "cam-a", ctx, secret="cam-b")
+        before = value(m.LABEL_SERVER_REQUESTS, "cam-a/label", "impostor")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and value(m.LABEL_SERVER_REQUESTS, "cam-a/label", "impostor") == before:
+            assert impostor.poll() == []  # the held answer never goes to it
+            time.sleep(0.05)
+        assert value(m.LABEL_SERVER_REQUESTS, "cam-a/label", "impostor") > before
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not server.server.clients[b"cam-a/label"].held:
+            assert impostor.poll() == []
+            time.sleep(0.05)
+        assert server.server.clients[b"cam-a/label"].held  # made while cam-a was away: kept for it
+        time.sleep(0.3)
+        assert impostor.poll() == []
+        impostor.close()
+        owner = client(keys, port, "cam-a", ctx)  # the name's own key: the answer is there
+        assert [(x.request.id, x.label) for x in collect(owner, 1)] == [("cam0:1", "owl")]
+    finally:
+        owner.close()
+        server.stop()
+        ctx.term()

@@ -15,8 +15,16 @@ from remembrall.config import load_config
 from remembrall.learning.trainer import TrainingRun, TrainSettings
 from remembrall.models.heads import ClassifierHead
 from remembrall.monitoring import metrics as m
-from remembrall.pipeline.messages import Message
-from remembrall.stages.remote_trainer import JobError, RemoteRun, RemoteTrainer, job_message, parse_job
+from remembrall.pipeline.messages import Message, decode_message
+from remembrall.stages.remote_trainer import (
+    JobError,
+    MissingRows,
+    RemoteRun,
+    RemoteTrainer,
+    job_message,
+    parse_job,
+    row_hashes,
+)
 from tests.broker_servers import free_port
 from tests.remote_servers import Server, value
 
@@ -60,7 +68,7 @@ def test_a_run_trains_on_the_server_and_the_edge_validates_it(keys: Path, tmp_pa
         start = ClassifierHead(DIM, ["cat"])  # the serving head knows one class; the run grows it
         before = value(m.TRAIN_SERVER_JOBS, "cam-a/retrain", "trained")
         drifts = iter(np.linspace(0.0, 0.01, 1000))
-        run = remote.run(start, xs, ys, xv, yv, SETTINGS, lambda: float(next(drifts)), "cpu")
+        run = remote.run("vision", start, xs, ys, xv, yv, SETTINGS, lambda: float(next(drifts)), "cpu")
         res = finish(run)
         assert run.local is None  # trained there, not here
         assert value(m.TRAIN_SERVER_JOBS, "cam-a/retrain", "trained") == before + 1
@@ -85,7 +93,7 @@ def test_a_restarted_server_gets_the_job_again(keys: Path, tmp_path: Path) -> No
     try:
         xs, ys, xv, yv = data(1)
         slow = TrainSettings(max_steps=100_000, warmup_steps=100_000, steps_per_slice=1, early_stopping=False)
-        first = remote.run(None, xs, ys, xv, yv, slow, lambda: 0.0, "cpu")
+        first = remote.run("vision", None, xs, ys, xv, yv, slow, lambda: 0.0, "cpu")
         deadline = time.monotonic() + 10
         while not first.acked and time.monotonic() < deadline:
             first.step_slice()
@@ -93,11 +101,11 @@ def test_a_restarted_server_gets_the_job_again(keys: Path, tmp_path: Path) -> No
         assert first.acked
         first.stop("rollback")  # the edge gives it up: the server drops it
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and server.server.clients[b"cam-a/retrain"].job is not None:
+        while time.monotonic() < deadline and server.server.clients[b"cam-a/retrain"].jobs:
             remote.poll()
             time.sleep(0.02)
-        assert server.server.clients[b"cam-a/retrain"].job is None
-        run = remote.run(None, xs, ys, xv, yv, SETTINGS, lambda: 0.0, "cpu")
+        assert not server.server.clients[b"cam-a/retrain"].jobs
+        run = remote.run("vision", None, xs, ys, xv, yv, SETTINGS, lambda: 0.0, "cpu")
         while not run.acked:
             run.step_slice()
             time.sleep(0.02)
@@ -120,7 +128,7 @@ def test_no_server_for_too_long_trains_here(keys: Path, tmp_path: Path) -> None:
     remote = trainer(keys, free_port(), ctx, tmp_path, remote_fallback_s=1.0)  # nobody listens
     try:
         xs, ys, xv, yv = data(2)
-        run = remote.run(None, xs, ys, xv, yv, SETTINGS, lambda: 0.0, "cpu")
+        run = remote.run("vision", None, xs, ys, xv, yv, SETTINGS, lambda: 0.0, "cpu")
         res = finish(run)
         assert run.local is not None and res.accepted and res.val_accuracy >= 0.9
     finally:
@@ -135,7 +143,7 @@ def test_a_server_that_does_not_train_sends_the_run_home(keys: Path, tmp_path: P
     remote = trainer(keys, port, ctx, tmp_path)
     try:
         xs, ys, xv, yv = data(3)
-        run = remote.run(None, xs, ys, xv, yv, SETTINGS, lambda: 0.0, "cpu")
+        run = remote.run("vision", None, xs, ys, xv, yv, SETTINGS, lambda: 0.0, "cpu")
         res = finish(run)
         assert run.local is not None and res.accepted
     finally:
@@ -144,13 +152,54 @@ def test_a_server_that_does_not_train_sends_the_run_home(keys: Path, tmp_path: P
         ctx.term()
 
 
+def job(xs, ys, xv, yv, start=None, known=frozenset()) -> Message:
+    return job_message("r1", "vision", start, xs, ys, xv, yv, SETTINGS, row_hashes(np.concatenate([xs, xv])), known)
+
+
+def test_a_job_carries_only_the_rows_the_server_does_not_hold() -> None:
+    xs, ys, xv, yv = data(5)
+    first = job(xs, ys, xv, yv)
+    held = parse_job(first)
+    assert held.ys == ys and held.yv == yv and np.array_equal(held.xs, xs)
+    grown = np.concatenate([xs, xs[:5] + 1.0])  # the next run: the same buffer and five new samples
+    second = job(grown, ys + ys[:5], xv, yv, known=set(held.rows))
+    assert len(second.arrays[0]) == 5  # only the new rows travel
+    again = parse_job(second, held.rows)
+    assert np.array_equal(again.xs, grown) and again.ys == ys + ys[:5] and np.array_equal(again.xv, xv)
+    with pytest.raises(MissingRows):  # a server that lost them (restarted) says so
+        parse_job(second)
+
+
+def test_the_edge_learns_what_the_server_holds_and_sends_less(keys: Path, tmp_path: Path) -> None:
+    port = free_port()
+    server = Server(keys, port, tmp_path)
+    ctx = zmq.Context()
+    remote = trainer(keys, port, ctx, tmp_path)
+    try:
+        xs, ys, xv, yv = data(6)
+        finish(remote.run("vision", None, xs, ys, xv, yv, SETTINGS, lambda: 0.0, "cpu"))
+        grown = np.concatenate([xs, xs[:3] + 1.0])
+        run = remote.run("vision", None, grown, ys + ys[:3], xv, yv, SETTINGS, lambda: 0.0, "cpu")
+        assert len(decode_message(run._wire()).arrays[0]) == 3  # three new rows travel, not sixty-three
+        res = finish(run)
+        assert res.accepted and run.local is None
+        server.server.clients[b"cam-a/retrain"].rows.clear()  # the server forgets: the edge sends all again
+        again = remote.run("vision", None, grown, ys + ys[:3], xv, yv, SETTINGS, lambda: 0.0, "cpu")
+        assert finish(again).accepted and again.local is None
+        assert value(m.REMOTE_RESENT, "retrain-cam-a", "missing_rows") >= 1
+    finally:
+        remote.close()
+        server.stop()
+        ctx.term()
+
+
 def test_bad_jobs_are_refused_with_the_reason() -> None:
     xs, ys, xv, yv = data(4)
-    good = job_message("r1", None, xs, ys, xv, yv, SETTINGS)
-    assert parse_job(good)[2] == ys
+    good = job(xs, ys, xv, yv)
+    assert parse_job(good).ys == ys
 
     def broken(**change: object) -> Message:
-        msg = job_message("r1", ClassifierHead(DIM, ["cat"]), xs, ys, xv, yv, SETTINGS)
+        msg = job(xs, ys, xv, yv, start=ClassifierHead(DIM, ["cat"]))
         arrays = list(msg.arrays)
         for key, val in change.items():
             if key.startswith("a"):
@@ -160,17 +209,18 @@ def test_bad_jobs_are_refused_with_the_reason() -> None:
         return Message("control", fields=msg.fields, arrays=arrays)
 
     cases = {
-        "class index": broken(a1=np.full(60, 7, np.int32)),
-        "N×D float32": broken(a0=xs.astype(np.float64)),
-        "finite": broken(a0=np.full_like(xs, np.nan)),
+        "class index": broken(a3=np.full(90, 7, np.int32)),
+        "float32": broken(a0=xs.astype(np.float64)),
+        "finite": broken(a0=np.full((90, DIM), np.nan, np.float32)),
         "settings": broken(settings={"lr": "fast"}),
         "settings.lr": broken(settings=dict(vars(SETTINGS), lr=float("inf"))),
         "checkpoint": broken(a4=np.frombuffer(b"not a checkpoint", np.uint8)),
         "classes": broken(classes=[]),
+        "dim": broken(dim=0),
         "expected 5 arrays": Message("control", fields=good.fields, arrays=good.arrays[:3]),
     }
     for what, msg in cases.items():
         with pytest.raises(JobError, match=what):
             parse_job(msg)
-    capped = parse_job(broken(settings=dict(vars(SETTINGS), max_steps=10**12, batch_size=10**9)))[5]
+    capped = parse_job(broken(settings=dict(vars(SETTINGS), max_steps=10**12, batch_size=10**9))).settings
     assert capped.max_steps == 100_000 and capped.batch_size == 65_536

@@ -47,7 +47,8 @@ KINDS = frozenset(
 
 #: dtypes allowed on the wire (no object arrays, ever).
 DTYPES = frozenset(
-    {"uint8", "int8", "uint16", "int16", "int32", "int64", "uint32", "float16", "float32", "float64", "bool"}
+    {"uint8", "int8", "uint16", "int16", "int32", "int64", "uint32", "uint64", "float16", "float32", "float64",
+     "bool"}
 )
 
 MAX_DIMS = 4

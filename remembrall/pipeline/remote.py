@@ -1,8 +1,9 @@
 """A stage's link to a ``remembrall serve`` server on another host (PROTOCOL.md §11).
 
-One DEALER socket, a CURVE client over ``tcp://`` (plain over ``ipc://``), named by the pipeline
-and the stage (``remote.name``, default HOST-OUTDIR, then ``/label`` or ``/retrain``) so the
-server keeps what it owes it while it is away. The
+One DEALER socket, a CURVE client over ``tcp://`` (plain over ``ipc://``). Every message starts
+with a frame naming the pipeline and the stage (``remote.name``, default HOST-OUTDIR, then
+``/label`` or ``/retrain``): the server keeps what it owes that name while it is away, and
+binds the name to the CURVE key it first came with. The
 link pings every 2 s; the server's ``pong`` carries the id of its life, so a server that restarted
 (and lost what it was doing for us) is noticed — acknowledgements carry it too — and the caller sends its work again. Sends never
 block: without a connection (``IMMEDIATE``) they fail, and the caller keeps the work for later.
@@ -48,12 +49,14 @@ class ServerLink:
         self.stage, self.address, self.what = stage, address, what
         #: NAME/ROLE: the label and the retrain stage of one pipeline are two peers to the server
         self.peer = f"{cfg.name or default_remote_name(out_dir)}/{role}"
+        self._name = self.peer.encode("utf-8")[:255]  # the first frame of everything it sends
         self.socket = ctx.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.ROUTING_ID, self.peer.encode("utf-8"))
         self.socket.setsockopt(zmq.IMMEDIATE, 1)  # no queue to a server we are not connected to
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.socket.setsockopt(zmq.SNDHWM, 64)
+        self.socket.setsockopt(zmq.HEARTBEAT_IVL, 2000)  # a dead server's connection is dropped in seconds
+        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         if address.startswith("tcp://") or cfg.server_key or cfg.client_key:
             make_client(self.socket, load_keys(cfg.client_key, secret=True),
                         load_keys(cfg.server_key, secret=False).public)
@@ -73,7 +76,7 @@ class ServerLink:
     def send(self, wire: list[bytes]) -> bool:
         """Send now, or False (not connected, or its queue is full): keep it and try later."""
         try:
-            self.socket.send_multipart(wire, flags=zmq.NOBLOCK, copy=False)
+            self.socket.send_multipart([self._name, *wire], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             return False
@@ -134,6 +137,8 @@ class ServerLink:
         return 0.0 if self.up else time.monotonic() - self._last_pong
 
     def close(self) -> None:
+        if self.socket.closed:
+            return
         m.REMOTE_UP.labels(self.stage).set(0)
         self.watch.close()
         self.socket.close(linger=0)

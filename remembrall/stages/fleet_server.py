@@ -4,7 +4,8 @@ A ROUTER socket, a CURVE server on ``serve.bind``, takes work from any number of
 (PROTOCOL.md §11): label requests (:mod:`remembrall.stages.remote_labeler`; the ``label``
 section's labeler answers them: a teacher, or a desk of humans) and training jobs
 (:mod:`remembrall.stages.remote_trainer`; run a slice at a time on ``serve.train_device``). Each
-pipeline is known by its routing id (``remote.name``) and gets its own bounded queue and one
+pipeline is known by the name it sends with every message (``remote.name``, bound to the CURVE
+key it first came with) and gets its own bounded queue and one
 training job; the server serves them in turn, one label or one training slice each, so one busy
 camera cannot starve the others. Answers to a pipeline that is away (its edge restarting, its
 link down) are kept (``serve.answers`` each) and sent when it is heard from again.
@@ -39,12 +40,15 @@ from remembrall.monitoring import metrics as m
 from remembrall.monitoring.server import MetricsServer
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
 from remembrall.stages.label import label_request
-from remembrall.stages.remote_trainer import parse_job, result_message
+from remembrall.stages.remote_trainer import MissingRows, parse_job, result_message
 from remembrall.stages.samples import BadSample, check_sample
 
 log = logging.getLogger(__name__)
 
 POLL_LABELER_S = 0.5
+#: Pipelines the server keeps state for; beyond, the longest silent idle ones are forgotten.
+MAX_CLIENTS = 4096
+HEARTBEAT_MS = 2000
 #: A server loop that has not turned for this long is not healthy (/healthz answers 503).
 STUCK_S = 60.0
 
@@ -54,6 +58,7 @@ class Job:
     """A pipeline's training run on this server."""
 
     id: str
+    modality: str
     run: TrainingRun
     drift: float = 0.0
 
@@ -65,10 +70,17 @@ class Client:
     name: str
     queue: deque[Message] = field(default_factory=deque)
     queued: set[str] = field(default_factory=set)
-    job: Job | None = None
-    #: answers it was away for, sent when it is heard from again
+    #: its training runs, one per modality, stepped in turn
+    jobs: dict[str, Job] = field(default_factory=dict)
+    #: per modality, the embedding rows of its last job (by hash): the next job sends only new ones
+    rows: dict[str, dict[int, Any]] = field(default_factory=dict)
+    #: answers it was away for (encoded), sent when it is heard from again
     held: deque[list[Any]] = field(default_factory=deque)
     last_seen: float = 0.0
+    #: the CURVE key it first spoke with: its name cannot be taken over with another allowed key
+    key: str | None = None
+    #: the connection (ROUTER routing id) that last spoke under this name with that key
+    route: bytes | None = None
 
 
 class FleetServer:
@@ -95,8 +107,11 @@ class FleetServer:
         self.ctx = zmq.Context()
         self.gate: KeyGate | None = None
         self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a pipeline that reconnects takes its name back
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an absent pipeline raises: its answer is held
+        # connections are anonymous; a pipeline names itself in every message (see _take_incoming).
+        # Heartbeats drop a dead peer's connection within seconds: its answers are then held.
+        self.sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a connection that is gone raises: the answer is held
         self.sock.setsockopt(zmq.MAXMSGSIZE, cfg.transport.max_message_bytes)
         self.sock.setsockopt(zmq.LINGER, 0)
         if s.secret_key:
@@ -164,7 +179,7 @@ class FleetServer:
         try:
             while not self.stopping:
                 self._loop_at = time.monotonic()
-                busy = any(c.queue or c.job for c in self.clients.values())
+                busy = any(c.queue or c.jobs for c in self.clients.values())
                 if self.sock.poll(0 if busy else 100, zmq.POLLIN):
                     self._take_incoming()
                 if self.gate is not None:
@@ -190,41 +205,60 @@ class FleetServer:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            ident = frames[0].bytes
-            client = self.clients.get(ident)
+            # [connection, pipeline name, message...]: a name is bound to the key it first came with
+            route, key = frames[0].bytes, _user_id(frames[-1])
+            name = frames[1].bytes if len(frames) >= 3 else b""
+            if not 0 < len(name) <= 255:
+                self._bad_peer(f"a message without a pipeline name ({len(frames)} frames)")
+                continue
+            client = self.clients.get(name)
             if client is None:
-                client = self.clients[ident] = Client(ident.decode("utf-8", "replace"))
-                self._turn.append(ident)
-                self._train_turn.append(ident)
+                self._make_room()
+                client = self.clients[name] = Client(name.decode("utf-8", "replace"), key=key)
+                self._turn.append(name)
+                self._train_turn.append(name)
                 log.info("serve: pipeline %r connected", client.name)
-            client.last_seen = time.monotonic()
-            self._flush_held(ident, client)
+            if key != client.key:  # another allowed key using this pipeline's name
+                self._count(client, "impostor", "a message under this name with another CURVE key")
+                continue
+            client.route, client.last_seen = route, time.monotonic()
+            self._flush_held(client)
             try:
-                msg = decode_message(frames[1:])
+                msg = decode_message(frames[2:])
             except MalformedMessage as exc:
                 self._count(client, "malformed", f"{exc}")
                 continue
-            self._request(ident, client, msg)
+            self._request(name, client, msg)
 
-    def _request(self, ident: bytes, client: Client, msg: Message) -> None:
+    def _make_room(self) -> None:
+        """Forget the longest-silent pipelines with nothing queued once there are MAX_CLIENTS."""
+        idle = sorted((c.last_seen, name) for name, c in self.clients.items() if not c.queue and not c.jobs)
+        for _, name in idle[: max(0, len(self.clients) + 1 - MAX_CLIENTS)]:
+            del self.clients[name]
+            self._turn.remove(name)
+            self._train_turn.remove(name)
+
+    def _request(self, name: bytes, client: Client, msg: Message) -> None:
         if msg.kind == "control":
             op = msg.get("op")
             if op == "ping":
-                self._send(ident, Message("control", fields={"op": "pong", "life": self.life,
+                self._send(name, Message("control", fields={"op": "pong", "life": self.life,
                                                              "queued": len(client.queue)}), hold=False)
             elif op == "train":
-                self._take_job(ident, client, msg)
-            elif op in ("drift", "cancel") and client.job is not None and client.job.id == msg.get("run"):
-                if op == "cancel":
-                    client.job = None
+                self._take_job(name, client, msg)
+            elif op in ("drift", "cancel"):
+                job = next((j for j in client.jobs.values() if j.id == msg.get("run")), None)
+                if job is not None and op == "cancel":
+                    del client.jobs[job.modality]
                     m.TRAIN_SERVER_JOBS.labels(client.name, "cancelled").inc()
-                elif isinstance(msg.get("value"), (int, float)) and math.isfinite(msg.get("value")):
-                    client.job.drift = float(msg.get("value"))
-            elif op not in ("drift", "cancel"):
+                elif job is not None and isinstance(msg.get("value"), (int, float)) \
+                        and math.isfinite(msg.get("value")):
+                    job.drift = float(msg.get("value"))
+            else:
                 self._count(client, "malformed", f"unknown control op {op!r}")
             return
         if self.labeler is None:
-            self._send(ident, Message("label", fields={"id": msg.get("id"), "rejected": "not_served"}))
+            self._send(name, Message("label", fields={"id": msg.get("id"), "rejected": "not_served"}))
             return
         try:
             check_sample(msg)
@@ -237,7 +271,7 @@ class FleetServer:
             return
         if len(client.queue) >= self.cfg.serve.queue:
             m.LABEL_SERVER_REQUESTS.labels(client.name, "busy").inc()
-            self._send(ident, Message("control", fields={"op": "busy", "id": sid}), hold=False)
+            self._send(name, Message("control", fields={"op": "busy", "id": sid}), hold=False)
             return
         client.queue.append(msg)
         client.queued.add(sid)
@@ -246,9 +280,9 @@ class FleetServer:
     def _label_next(self) -> None:
         """Label one request of the next pipeline in turn that has any."""
         for _ in range(len(self._turn)):
-            ident = self._turn[0]
+            name = self._turn[0]
             self._turn.rotate(-1)
-            client = self.clients[ident]
+            client = self.clients[name]
             if not client.queue:
                 continue
             msg = client.queue.popleft()
@@ -256,7 +290,7 @@ class FleetServer:
             m.LABEL_SERVER_QUEUED.labels(client.name).set(len(client.queue))
             request = label_request(msg)
             # the labeler sees fleet-unique ids: two cameras may both send "cam0:42"
-            request = replace(request, id=f"{client.name}/{request.id}", payload=(ident, request.id, request.payload))
+            request = replace(request, id=f"{client.name}/{request.id}", payload=(name, request.id, request.payload))
             before = Counter(self.labeler.rejected)
             answers = self.labeler.submit(request)
             for answer in answers:
@@ -264,92 +298,111 @@ class FleetServer:
             rejected = self.labeler.rejected - before
             for reason in rejected:
                 m.LABEL_SERVER_REQUESTS.labels(client.name, "rejected").inc()
-                self._send(ident, Message("label", fields={"id": request.payload[1], "rejected": reason}))
+                self._send(name, Message("label", fields={"id": request.payload[1], "rejected": reason}))
             return
 
     # ---------------------------------------------------------------- training
-    def _take_job(self, ident: bytes, client: Client, msg: Message) -> None:
-        run_id = msg.get("run")
-        if not isinstance(run_id, str) or not run_id or len(run_id) > 64:
-            self._count(client, "malformed", "a training job without a run id")
+    def _take_job(self, name: bytes, client: Client, msg: Message) -> None:
+        run_id, modality = msg.get("run"), msg.get("modality")
+        if not isinstance(run_id, str) or not run_id or len(run_id) > 64 or modality not in ("vision", "text"):
+            self._count(client, "malformed", "a training job without a run id or modality")
             return
-        if client.job is not None and client.job.id == run_id:  # sent again: it is here already
-            self._send(ident, Message("control", fields={"op": "train_queued", "run": run_id, "life": self.life}), hold=False)
+        queued = Message("control", fields={"op": "train_queued", "run": run_id, "life": self.life})
+        current = client.jobs.get(modality)
+        if current is not None and current.id == run_id:  # sent again: it is here already
+            self._send(name, queued, hold=False)
             return
         if self.train_device is None:
-            self._send(ident, Message("control", fields={"op": "train_failed", "run": run_id,
-                                                         "error": "this server does not train (serve.training)"}))
+            self._send(name, Message("control", fields={"op": "train_failed", "run": run_id,
+                                                        "error": "this server does not train (serve.training)"}))
             return
         try:
-            start, xs, ys, xv, yv, settings = parse_job(msg)
-            run = TrainingRun(start, xs, ys, xv, yv, settings, drift=lambda: job.drift, device=self.train_device)
+            parsed = parse_job(msg, client.rows.get(modality))
+            run = TrainingRun(parsed.start, parsed.xs, parsed.ys, parsed.xv, parsed.yv, parsed.settings,
+                              drift=lambda: job.drift, device=self.train_device)
+        except MissingRows as exc:  # it restarted, or we did: the edge sends every row again
+            self._send(name, Message("control", fields={"op": "train_failed", "run": run_id, "missing": True,
+                                                        "error": str(exc)}))
+            return
         except ValueError as exc:  # JobError, or TrainingRun refusing the data
             m.TRAIN_SERVER_JOBS.labels(client.name, "refused").inc()
             log.warning("serve: refused a training job from %r: %s", client.name, exc)
-            self._send(ident, Message("control", fields={"op": "train_failed", "run": run_id, "error": str(exc)}))
+            self._send(name, Message("control", fields={"op": "train_failed", "run": run_id, "error": str(exc)}))
             return
-        if client.job is not None:  # a newer run replaces one the pipeline gave up on
+        if current is not None:  # a newer run replaces one the pipeline gave up on
             m.TRAIN_SERVER_JOBS.labels(client.name, "cancelled").inc()
-        job = client.job = Job(run_id, run)
-        self._send(ident, Message("control", fields={"op": "train_queued", "run": run_id, "life": self.life}), hold=False)
+        client.rows[modality] = parsed.rows  # what the next job of this modality need not carry
+        job = client.jobs[modality] = Job(run_id, modality, run)
+        self._send(name, queued, hold=False)
 
     def _train_next(self) -> None:
-        """One training slice for the next pipeline in turn that has a job."""
+        """One training slice for the next pipeline in turn that has a job (its modalities in turn)."""
         for _ in range(len(self._train_turn)):
-            ident = self._train_turn[0]
+            name = self._train_turn[0]
             self._train_turn.rotate(-1)
-            client = self.clients[ident]
-            if client.job is None:
+            client = self.clients[name]
+            if not client.jobs:
                 continue
-            job = client.job
-            if not job.run.step_slice():
-                client.job = None
+            modality = next(iter(client.jobs))
+            job = client.jobs.pop(modality)
+            if job.run.step_slice():
+                client.jobs[modality] = job  # to the back: the other modality's job goes next
+            else:
                 self.trained += 1
                 m.TRAIN_SERVER_JOBS.labels(client.name, "trained").inc()
-                self._send(ident, result_message(job.id, job.run.result()))
+                self._send(name, result_message(job.id, job.run.result()))
             return
 
     def _answer(self, answer: Labelled) -> None:
         """The labelled sample goes back whole (embedding and probabilities, no pixels): a pipeline
         whose label stage restarted since it asked can use it without remembering the request."""
-        ident, sid, sample = answer.request.payload
-        client = self.clients.get(ident)
+        name, sid, sample = answer.request.payload
+        client = self.clients.get(name)
         self.labelled += 1
         if client is not None:
             m.LABEL_SERVER_REQUESTS.labels(client.name, "labelled").inc()
         fields: dict[str, Any] = dict(sample.fields, id=sid, label=answer.label, label_source=answer.source)
         if answer.confidence is not None:
             fields["label_confidence"] = answer.confidence
-        self._send(ident, Message("label", stream=sample.stream, seq=sample.seq, pts=sample.pts, ts=sample.ts,
+        self._send(name, Message("label", stream=sample.stream, seq=sample.seq, pts=sample.pts, ts=sample.ts,
                                   fields=fields, arrays=list(sample.arrays[:2])))
 
     # ---------------------------------------------------------------- replies
-    def _send(self, ident: bytes, msg: Message, hold: bool = True) -> None:
+    def _send(self, name: bytes, msg: Message, hold: bool = True) -> None:
         """Send to a pipeline; an answer (``hold``) it cannot take now waits for it."""
-        wire = [ident, *encode_message(msg)]
-        client = self.clients.get(ident)
-        if hold and client is not None and client.held:  # keep the order: older answers first
-            self._hold(client, wire)
+        client = self.clients.get(name)
+        if client is None:
+            return
+        parts = [bytes(p) for p in encode_message(msg)]
+        if client.held or client.route is None:  # keep the order: older answers first
+            if hold:
+                self._hold(client, parts)
             return
         try:
-            self.sock.send_multipart(wire, flags=zmq.NOBLOCK)
-        except zmq.ZMQError:  # not connected now (EHOSTUNREACH), or its queue is full (EAGAIN)
-            if hold and client is not None:
-                self._hold(client, wire)
+            self.sock.send_multipart([client.route, *parts], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:  # that connection is gone (EHOSTUNREACH), or its queue is full (EAGAIN)
+            if hold:
+                self._hold(client, parts)
 
-    def _hold(self, client: Client, wire: list[Any]) -> None:
-        client.held.append([bytes(p) if isinstance(p, memoryview) else p for p in wire])
+    def _hold(self, client: Client, parts: list[bytes]) -> None:
+        client.held.append(parts)
         while len(client.held) > self.cfg.serve.answers:
             client.held.popleft()
             m.LABEL_SERVER_REQUESTS.labels(client.name, "answer_lost").inc()
 
-    def _flush_held(self, ident: bytes, client: Client) -> None:
-        while client.held:
+    def _flush_held(self, client: Client) -> None:
+        while client.held and client.route is not None:
             try:
-                self.sock.send_multipart(client.held[0], flags=zmq.NOBLOCK)
+                self.sock.send_multipart([client.route, *client.held[0]], flags=zmq.NOBLOCK)
             except zmq.ZMQError:
                 return
             client.held.popleft()
+
+    def _bad_peer(self, detail: str) -> None:
+        m.LABEL_SERVER_REQUESTS.labels("", "malformed").inc()
+        self._bad += 1
+        if self._bad <= 10 or self._bad % 1000 == 0:
+            log.warning("serve: %s [%d so far]", detail, self._bad)
 
     def _count(self, client: Client, outcome: str, detail: str) -> None:
         m.LABEL_SERVER_REQUESTS.labels(client.name, outcome).inc()
@@ -361,3 +414,11 @@ class FleetServer:
         if event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # refusals by key are counted by the KeyGate
             m.CURVE_REFUSED.labels("handshake").inc()
             log.warning("serve: a peer failed the CURVE handshake (a wrong server key, or not CURVE)")
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The CURVE public key (Z85) a message came with, as the ZAP handler reported it."""
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:  # no ZAP (ipc:// without keys)
+        return None

@@ -428,7 +428,8 @@ class RetrainStage(Stage):
             return
         ref = st.monitor.mean()
         drift = lambda: st.monitor.drift_from(ref)  # noqa: E731 - the run asks it after every slice
-        st.run = (self.remote.run(start, xs, ys, xv, yv, self.settings, drift, self.device) if self.remote is not None
+        st.run = (self.remote.run(st.modality, start, xs, ys, xv, yv, self.settings, drift, self.device)
+                  if self.remote is not None
                   else TrainingRun(start, xs, ys, xv, yv, self.settings, drift=drift, device=self.device))
         st.run_seen, st.run_started = seen, time.monotonic()
         st.run_consolidates = consolidate
@@ -600,12 +601,14 @@ class RetrainStage(Stage):
         load = self.socket("infer_load", linger_ms=0) if self.has("infer_load") else None
         ctrl = self.socket("control") if self.has("control") else None
         poller = zmq.Poller()
-        for sock in (inp, load, ctrl):
-            if sock is not None:
+        for sock in (inp, load, ctrl, self.remote.link.socket if self.remote is not None else None):
+            if sock is not None:  # (a remote run's result wakes the loop too)
                 poller.register(sock, zmq.POLLIN)
         draining = False
         while True:
-            busy = any(st.run is not None for st in self.states.values())
+            # a run whose steps are on the server is nothing to do here: wait, do not spin
+            busy = any(st.run is not None and not (isinstance(st.run, RemoteRun) and st.run.local is None)
+                       for st in self.states.values())
             # idle: wait for input; training: wait only as long as the arbiter says a lease is away
             wait_s = min(0.05, self.arbiter.seconds_until_possible()) if busy and not draining else 0.1
             events = dict(poller.poll(0 if busy and draining else int(wait_s * 1000)))
