@@ -12,8 +12,9 @@ Measured here, on this machine's CPU:
   stopping on) on a full default buffer (2,000 train + 50 held-out 1,280-d embeddings, 10 classes);
 - ``head_bytes``: a specialist as the shared zoo stores it (10 and 1,000 classes);
 - ``label_request_bytes`` / ``train_job_bytes``: what an edge sends the server for one label (a
-  224×224 frame, its embedding and 1,000-class probabilities) and for one training run (a full
-  default buffer), encoded as on the wire.
+  224×224 frame, its embedding and 1,000-class probabilities) and for one training run on a full
+  default buffer, encoded as on the wire: the first run (every row) and a following one
+  (``--every-labels`` new rows; the server holds the rest).
 
 Taken from other benchmarks' results (``bench/results``): inference and decode CPU per frame
 (``throughput.json``) and the MQTT publisher's confirmed lines per second
@@ -91,24 +92,31 @@ def head_bytes(classes: int) -> int:
     return len(to_bytes(head, HeadMeta(list(head.classes), head.in_dim)))
 
 
-def wire_bytes() -> tuple[int, int]:
-    """Encoded sizes of one label request and one training job (PROTOCOL.md §11)."""
+def wire_bytes(new_rows: int) -> tuple[int, int, int]:
+    """Encoded sizes of one label request, a first training job and a following one."""
     from remembrall.config import RetrainConfig
     from remembrall.learning.labelers import LabelRequest
     from remembrall.learning.trainer import TrainSettings
     from remembrall.pipeline.messages import Message
     from remembrall.pipeline.remote import encode_once
     from remembrall.stages.remote_labeler import request_message
-    from remembrall.stages.remote_trainer import job_message
+    from remembrall.stages.remote_trainer import job_message, row_hashes
 
     sample = Message("sample", stream="cam0", seq=1, fields={"id": "cam0:1", "entropy": 1.0},
                      arrays=[np.zeros(1280, np.float32), np.zeros(1000, np.float32)])
     request = LabelRequest("cam0:1", image=np.zeros((224, 224, 3), np.uint8), payload=sample)
     label = sum(len(p) for p in encode_once(request_message(request)))
+    rows = np.random.default_rng(2).normal(size=(2050, 1280)).astype(np.float32)
     labels = [f"c{i % 10}" for i in range(2050)]
-    job = job_message("r", None, np.zeros((2000, 1280), np.float32), labels[:2000],
-                      np.zeros((50, 1280), np.float32), labels[2000:], TrainSettings.from_config(RetrainConfig()))
-    return label, sum(len(p) for p in encode_once(job))
+    hashes = row_hashes(rows)
+    settings = TrainSettings.from_config(RetrainConfig())
+
+    def size(known: set[int]) -> int:
+        job = job_message("r", "vision", None, rows[:2000], labels[:2000], rows[2000:], labels[2000:], settings,
+                          hashes, known)
+        return sum(len(p) for p in encode_once(job))
+
+    return label, size(set()), size(set(hashes[new_rows:].tolist()))
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if has_weights("efficientnet-lite2"):
         teachers["efficientnet-lite2"] = teacher_cost("efficientnet-lite2", args.threads)
     train_ms, train_steps = train_cost(args.threads)
-    label_bytes, job_bytes = wire_bytes()
+    label_bytes, first_job_bytes, job_bytes = wire_bytes(args.every_labels)
     thr, mqtt = _load("throughput.json"), _load("throughput-mqtt.json")
     infer_ms = thr.get("stage_cpu_ms_per_item", {}).get("infer")
     decode_ms = next((v for k, v in thr.get("stage_cpu_ms_per_item", {}).items() if k.startswith("decode")), None)
@@ -152,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         "measured": {"teacher_ms_per_label": {k: round(v, 1) for k, v in teachers.items()},
                      "train_ms_per_run": round(train_ms, 1), "train_steps_per_run": train_steps,
                      "head_bytes": {"10 classes": head_bytes(10), "1000 classes": head_bytes(1000)},
-                     "label_request_bytes": label_bytes, "train_job_bytes": job_bytes},
+                     "label_request_bytes": label_bytes,
+                     "train_job_bytes": {"first": first_job_bytes, "following": job_bytes}},
         "from_results": {"infer_cpu_ms_per_frame": infer_ms, "decode_cpu_ms_per_frame": decode_ms,
                          "mqtt_publish_per_s": publish_per_s},
         "demand": {"frames_per_s": frames_s, "labels_per_s": labels_s, "runs_per_s": round(runs_s, 3),
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             ("broker: predictions/s", f"{frames_s:g} ({frames_s * args.prediction_bytes / 1e6:.2f} MB/s)"),
             ("edges → server (labels + training jobs)",
              f"{(labels_s * label_bytes + runs_s * job_bytes) / 1e6:.1f} MB/s "
-             f"({label_bytes / 1e3:.0f} kB/label, {job_bytes / 1e6:.1f} MB/run)"),
+             f"({label_bytes / 1e3:.0f} kB/label, {job_bytes / 1e3:.0f} kB/run; a first run {first_job_bytes / 1e6:.1f} MB)"),
             ("one sink's MQTT publisher, lines/s", publish_per_s)]
     print_table(rows, header=("sizing", "value"))
     return 0
