@@ -321,11 +321,11 @@ def mqtt_publish_ceiling(url: str, n: int = 20_000, size: int = 400) -> float:
 
 
 def bench_mqtt_sink(config: str, video: Path, sets: list[str], tmp: Path, rounds: int, timeout: float,
-                    **steady: float) -> dict[str, Any]:
+                    lines: int = 20_000, **steady: float) -> dict[str, Any]:
     """Pipeline fps with and without the MQTT sink, alternated (see the module docstring)."""
     broker = Mosquitto(tmp)
     try:
-        ceiling = mqtt_publish_ceiling(broker.url)
+        ceiling = mqtt_publish_ceiling(broker.url, n=lines)
         plain, mqtt, received, written = [], [], [], []
         for _ in range(rounds):
             plain.append(bench_pipeline(config, video, sets, tmp, timeout, **steady)["fps"])
@@ -688,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
             if "mqtt" not in args.skip and shutil.which("mosquitto"):
                 res["loadavg_1m"]["pipeline_mqtt"] = loadavg_1m()
                 res.update(bench_mqtt_sink(args.config, video, sets, tmp, 1 if args.smoke else args.mqtt_rounds,
-                                           120 if args.smoke else 900, **steady))
+                                           120 if args.smoke else 900, 1000 if args.smoke else 20_000, **steady))
             res["loadavg_1m"]["end"] = loadavg_1m()
             if measure_infer is not None and not args.smoke:  # again: the load may have changed meanwhile
                 infer_runs.append(measure_infer(seconds * 2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,9 @@ def test_throughput_smoke(tmp_path: Path) -> None:
     # the same run with ten clients holding the UI's live view open
     assert res["pipeline_ui_watched"]["frames"] == 24 and res["pipeline_ui_watched"]["viewers"] == 10
     assert res["pipeline_ui_watched"]["viewer_errors"] == []
+    if shutil.which("mosquitto"):  # the MQTT sink against the file sink, and every line arrived
+        assert res["mqtt_sink_ratio"] > 0 and res["mqtt_publish_per_s"] > 0
+        assert res["mqtt_received"]["messages"] == res["mqtt_received"]["predictions"] == [24]
     assert len(res["machine"]["loadavg"]) == 3 and set(res["loadavg_1m"]) >= {"transport", "decode", "pipeline"}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import urllib.error
 import urllib.request
 from email.message import Message
@@ -169,14 +170,22 @@ def test_the_live_view_of_a_text_stream_shows_its_newest_lines(tmp_path) -> None
     feed.write_text("markets rallied after the rate cut\n")
     run = Run(tmp_path / "out", "--source", f"follow://{feed}", "--set", "learn=false",
               "--set", "text.poll_interval_s=0.05", "--set", "infer.max_wait_ms=5", config="configs/text.yaml")
+    stop = threading.Event()
+
+    def grow() -> None:  # keep the followed file growing while we watch
+        n = 0
+        while not stop.wait(0.2):
+            n += 1
+            with feed.open("a") as fh:
+                fh.write(f"the striker scored {n} goals in the derby\n")
+
+    writer = threading.Thread(target=grow, daemon=True)
     try:
         url = ui_url(run)
         texts = []
+        writer.start()
         with urllib.request.urlopen(url + "/api/live/events", timeout=60) as resp:
-            for n, raw in enumerate(resp):
-                if n % 3 == 0:  # keep the followed file growing while we watch
-                    with feed.open("a") as fh:
-                        fh.write(f"the striker scored {n} goals in the derby\n")
+            for raw in resp:
                 line = raw.decode().strip()
                 if line.startswith("data: {") and '"stream"' in line:
                     event = json.loads(line[6:])
@@ -186,5 +195,6 @@ def test_the_live_view_of_a_text_stream_shows_its_newest_lines(tmp_path) -> None
                     break
         assert any("striker" in t or "markets" in t for t in texts)
     finally:
+        stop.set()
         run.stop()
     assert "Traceback" not in run.log()
