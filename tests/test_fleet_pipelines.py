@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-from remembrall.io.curve import generate_keys
 from tests.broker_servers import Redis, free_port
 from tests.pipeline_helpers import FAST, REPO, Run, metric_value, wait_for
 
@@ -61,13 +60,8 @@ out: {tmp / 'teacher-out'}
             self.proc.wait(10)
 
 
-def test_two_pipelines_share_a_teacher_over_curve_and_a_zoo_in_redis(tmp_path: Path, redis_server: Redis) -> None:
-    keys = tmp_path / "keys"
-    (keys / "allowed").mkdir(parents=True)
-    generate_keys(keys, "teacher")
-    for cam in ("cam-a", "cam-b"):
-        generate_keys(keys, cam)
-        (keys / "allowed" / f"{cam}.key").write_bytes((keys / f"{cam}.key").read_bytes())
+def test_two_pipelines_share_a_teacher_over_curve_and_a_zoo_in_redis(tmp_path: Path, keys: Path,
+                                                                      redis_server: Redis) -> None:
     port = free_port()
     teacher = Teacher(tmp_path, keys, port)
     teacher.start()

@@ -31,7 +31,7 @@ PROM_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 #: Labels Prometheus attaches to every scraped series (job/instance) or our scrape config adds.
 TARGET_LABELS = {"job", "instance", "host"}
 #: Features a panel may declare with "Needs: ..." in its description.
-FEATURES = {"select", "label", "buffer", "retrain", "labels", "brokers"}
+FEATURES = {"select", "label", "buffer", "retrain", "labels", "brokers", "remote"}
 #: Metrics a panel may use that Prometheus itself produces.
 PROMETHEUS_METRICS = {"up"}
 

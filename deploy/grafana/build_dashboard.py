@@ -8,7 +8,8 @@ instead of eighty lines of JSON. ``python deploy/grafana/build_dashboard.py`` re
 
 Each panel's description ends with ``Needs: X.`` when the panel stays empty unless the pipeline
 has feature X: a stage type (``select``, ``buffer``, ``label``, ``retrain``), ``labels``
-(a stream that carries ground-truth labels, for online accuracy) or ``brokers`` (sink.brokers). The operator reads why a
+(a stream that carries ground-truth labels, for online accuracy), ``brokers`` (sink.brokers) or
+``remote`` (label.remote / retrain.remote, and the remembrall serve server itself). The operator reads why a
 panel is empty; the end-to-end test reads which panels the running pipeline must fill.
 """
 
@@ -231,6 +232,24 @@ ROWS: list[tuple[str, list[tuple[str, str, str, str, list[dict[str, Any]], int]]
          "1 while the sink is connected to the broker, 0 while it reconnects (backoff up to 30 s) or is "
          "refused. Needs: brokers.",
          [q(f"max by (broker) (remembrall_broker_connected{{{S}}})", "{{broker}}")], 8),
+        ("Remote server up", "state-timeline", "none",
+         "1 while the remembrall serve server of label.remote / retrain.remote answers the stage, 0 while it "
+         "is unreachable, refuses this pipeline's key, or is silent. Inference goes on either way. Needs: remote.",
+         [q(f"max by (stage) (remembrall_remote_up{{{S}}})", "{{stage}}")], 8),
+        ("Work waiting for the remote server", "timeseries", "none",
+         "Samples the label stage and runs the retrain stage hold for the server, and what they sent again "
+         "per 5 minutes (timeout, restarted, busy, missing_rows). Needs: remote.",
+         [q(f"max by (stage) (remembrall_remote_pending{{{S}}})", "{{stage}} waiting"),
+          q(f"sum by (stage, reason) (increase(remembrall_remote_resent_total{{{S}}}[5m]))",
+            "{{stage}} resent ({{reason}})")], 8),
+        ("Fleet server: labels, runs, refusals", "timeseries", "cps",
+         "On a remembrall serve server: labels answered and training runs finished per pipeline, and peers "
+         "refused (unknown_key: not in serve.allowed_keys; handshake: a wrong server key). Needs: remote.",
+         [q(f"sum by (client) (rate(remembrall_label_server_requests_total{{outcome=\"labelled\"}}[{RI}]))",
+            "{{client}} labels"),
+          q(f"sum by (client) (rate(remembrall_train_server_jobs_total{{outcome=\"trained\"}}[{RI}]))",
+            "{{client}} runs"),
+          q(f"sum by (reason) (rate(remembrall_curve_refused_total[{RI}]))", "refused ({{reason}})")], 8),
     ]),
 ]
 
