@@ -58,7 +58,10 @@ def test_a_full_disk_is_reported_and_the_pipeline_keeps_serving(tmp_path, make_v
                  what="infer to keep serving on a full disk")
         assert run.proc.poll() is None
         assert _count(run, "remembrall_frames_dropped_total", stage="sink", reason="write_failed") >= 1
-        assert not list(small_disk.rglob("*.tmp")), "an atomic write left a temporary file behind"
+        # a write in progress has its temporary file for a moment; one that was left behind stays
+        seen = set(small_disk.rglob("*.tmp"))
+        wait_for(lambda: not seen & set(small_disk.rglob("*.tmp")), timeout=10,
+                 what=f"temporary files to go: an atomic write left {sorted(seen)} behind")
         written = len(run.predictions())
 
         filler.unlink()  # space again: writing resumes without a restart

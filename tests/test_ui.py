@@ -77,8 +77,11 @@ def test_ui_pages_token_labels_undo_live_and_journal(tmp_path, make_video) -> No
         assert code == 200  # urllib follows the 303 to the clean page
         assert request(url + "/?token=nope")[0] == 403
         # the sampler's samples show up with the model's guesses
-        samples = wait_for(lambda: json.loads(request(url + "/api/samples")[2])["samples"], timeout=120,
-                           what=f"exported samples\n{run.log()[-2000:]}")
+        def five_samples() -> list | None:  # one to undo, four to keep
+            found = json.loads(request(url + "/api/samples")[2])["samples"]
+            return found if len(found) >= 5 else None
+
+        samples = wait_for(five_samples, timeout=120, what=f"five exported samples\n{run.log()[-2000:]}")
         first = samples[0]
         assert first["image"].startswith("/api/samples/") and first["stream"] == "cam0"
         code, headers, png = request(url + first["image"])
