@@ -136,6 +136,26 @@ def test_no_server_for_too_long_trains_here(keys: Path, tmp_path: Path) -> None:
         ctx.term()
 
 
+def test_a_draining_pipeline_does_not_wait_for_a_missing_server(keys: Path, tmp_path: Path) -> None:
+    """retrain.remote_fallback_s: 0 waits for the server while the stream goes on, but not once
+    the pipeline drains (a file ended): then remote.timeout_s (2 s here) is all it waits."""
+    ctx = zmq.Context()
+    remote = trainer(keys, free_port(), ctx, tmp_path, remote_fallback_s=0)
+    try:
+        xs, ys, xv, yv = data(7)
+        run = remote.run("vision", None, xs, ys, xv, yv, SETTINGS, lambda: 0.0, "cpu")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            assert run.step_slice() and run.local is None  # streaming: it waits
+            time.sleep(0.02)
+        while run.step_slice(draining=True) and time.monotonic() - t0 < 30:
+            time.sleep(0.01)
+        assert run.local is not None and run.result().accepted and time.monotonic() - t0 < 10
+    finally:
+        remote.close()
+        ctx.term()
+
+
 def test_a_server_that_does_not_train_sends_the_run_home(keys: Path, tmp_path: Path) -> None:
     port = free_port()
     server = Server(keys, port, tmp_path, training=False)

@@ -251,8 +251,9 @@ class RemoteRun:
                 self.trainer.link.send(encode_once(Message("control", fields={"op": "cancel", "run": self.id})))
             self.trainer.forget(self)
 
-    def step_slice(self) -> bool:
-        """Exchange with the server (or take a local slice); True while the run goes on."""
+    def step_slice(self, draining: bool = False) -> bool:
+        """Exchange with the server (or take a local slice); True while the run goes on. While the
+        pipeline drains, a server silent for ``remote.timeout_s`` is not waited for any longer."""
         if self.local is not None:
             return self.local.step_slice()
         trainer = self.trainer
@@ -269,8 +270,10 @@ class RemoteRun:
             self._drift_at = now
             link.send(encode_once(Message("control", fields={"op": "drift", "run": self.id,
                                                              "value": float(self.drift())})))
-        fallback = trainer.cfg.retrain.remote_fallback_s
-        if fallback and link.down_for >= fallback:
+        fallback = trainer.cfg.retrain.remote_fallback_s or math.inf
+        if draining:
+            fallback = min(fallback, trainer.cfg.remote.timeout_s)
+        if link.down_for >= fallback:
             self._train_here(f"the training server has not answered for {link.down_for:.0f} s")
         return not self.done
 

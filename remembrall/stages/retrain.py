@@ -447,7 +447,7 @@ class RetrainStage(Stage):
         run = st.run
         assert run is not None
         if isinstance(run, RemoteRun) and run.local is None:  # its steps run on the server
-            run.step_slice()
+            run.step_slice(draining)
             return False
         if not draining and not self.arbiter.acquire():
             now = time.monotonic()
