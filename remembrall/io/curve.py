@@ -31,6 +31,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,6 @@ class HandshakeWatch:
 
     def poll(self) -> str:
         """Read every pending event; returns the current state."""
-        from zmq.utils.monitor import recv_monitor_message
-
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:

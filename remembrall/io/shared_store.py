@@ -107,10 +107,7 @@ class RedisShare(Share):
 
         self._redis = redis
         self.url = url
-        self.client = redis.Redis(host=url.host, port=url.port, db=url.db, username=url.username,
-                                  password=url.password, ssl=url.tls, ssl_ca_certs=url.ca_file,
-                                  ssl_certfile=url.cert_file, ssl_keyfile=url.key_file,
-                                  socket_timeout=10, socket_connect_timeout=5)
+        self.client = redis.Redis(**url.redis_kwargs(), socket_timeout=10, socket_connect_timeout=5)
         self._last = "0"
 
     def _call(self, what: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]

@@ -22,6 +22,7 @@ import zmq
 from remembrall.config import RemoteConfig
 from remembrall.io.curve import HandshakeWatch, load_keys, make_client
 from remembrall.monitoring import metrics as m
+from remembrall.pipeline.drops import DropCounter
 from remembrall.pipeline.messages import MalformedMessage, Message, decode_message, encode_message
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class ServerLink:
         self.on_restart: Callable[[], None] = lambda: None
         self.server_life: str | None = None
         self.up = False
-        self.malformed = 0
+        self.drops = DropCounter(stage)
         self._last_ping = 0.0
         self._last_pong = time.monotonic()
         self._said_down = False
@@ -90,10 +91,7 @@ class ServerLink:
             except zmq.Again:
                 break
             except MalformedMessage as exc:
-                self.malformed += 1
-                m.DROPPED.labels(self.stage, "", f"malformed_{exc.reason}").inc()
-                if self.malformed <= 10 or self.malformed % 1000 == 0:
-                    log.warning("%s: a malformed message from the %s: %s", self.stage, self.what, exc)
+                self.drops.drop(f"malformed_{exc.reason}", "", f"from the {self.what}: {exc}")
                 continue
             self.heard(msg.get("life") if msg.kind == "control" else None)  # pongs and acks carry it
             if not (msg.kind == "control" and msg.get("op") == "pong"):

@@ -24,6 +24,7 @@ import signal
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,7 @@ class FleetServer:
             route, key = frames[0].bytes, _user_id(frames[-1])
             name = frames[1].bytes if len(frames) >= 3 else b""
             if not 0 < len(name) <= 255:
-                self._bad_peer(f"a message without a pipeline name ({len(frames)} frames)")
+                self._count("", "malformed", f"a message without a pipeline name ({len(frames)} frames)")
                 continue
             client = self.clients.get(name)
             if client is None:
@@ -219,14 +220,14 @@ class FleetServer:
                 self._train_turn.append(name)
                 log.info("serve: pipeline %r connected", client.name)
             if key != client.key:  # another allowed key using this pipeline's name
-                self._count(client, "impostor", "a message under this name with another CURVE key")
+                self._count(client.name, "impostor", "a message under this name with another CURVE key")
                 continue
             client.route, client.last_seen = route, time.monotonic()
             self._flush_held(client)
             try:
                 msg = decode_message(frames[2:])
             except MalformedMessage as exc:
-                self._count(client, "malformed", f"{exc}")
+                self._count(client.name, "malformed", f"{exc}")
                 continue
             self._request(name, client, msg)
 
@@ -255,7 +256,7 @@ class FleetServer:
                         and math.isfinite(msg.get("value")):
                     job.drift = float(msg.get("value"))
             else:
-                self._count(client, "malformed", f"unknown control op {op!r}")
+                self._count(client.name, "malformed", f"unknown control op {op!r}")
             return
         if self.labeler is None:
             self._send(name, Message("label", fields={"id": msg.get("id"), "rejected": "not_served"}))
@@ -263,7 +264,7 @@ class FleetServer:
         try:
             check_sample(msg)
         except BadSample as exc:
-            self._count(client, "malformed", str(exc))
+            self._count(client.name, "malformed", str(exc))
             return
         sid = msg.get("id")
         if sid in client.queued:
@@ -277,35 +278,38 @@ class FleetServer:
         client.queued.add(sid)
         m.LABEL_SERVER_QUEUED.labels(client.name).set(len(client.queue))
 
+    def _next_in_turn(self, turn: deque[bytes], has_work: Callable[[Client], bool]) -> tuple[bytes, Client] | None:
+        """The next pipeline after the last one served that has work, moved to the back of ``turn``."""
+        for _ in range(len(turn)):
+            name = turn[0]
+            turn.rotate(-1)
+            if has_work(self.clients[name]):
+                return name, self.clients[name]
+        return None
+
     def _label_next(self) -> None:
         """Label one request of the next pipeline in turn that has any."""
-        for _ in range(len(self._turn)):
-            name = self._turn[0]
-            self._turn.rotate(-1)
-            client = self.clients[name]
-            if not client.queue:
-                continue
-            msg = client.queue.popleft()
-            client.queued.discard(msg.get("id"))
-            m.LABEL_SERVER_QUEUED.labels(client.name).set(len(client.queue))
-            request = label_request(msg)
-            # the labeler sees fleet-unique ids: two cameras may both send "cam0:42"
-            request = replace(request, id=f"{client.name}/{request.id}", payload=(name, request.id, request.payload))
-            before = Counter(self.labeler.rejected)
-            answers = self.labeler.submit(request)
-            for answer in answers:
-                self._answer(answer)
-            rejected = self.labeler.rejected - before
-            for reason in rejected:
-                m.LABEL_SERVER_REQUESTS.labels(client.name, "rejected").inc()
-                self._send(name, Message("label", fields={"id": request.payload[1], "rejected": reason}))
+        if self.labeler is None or (found := self._next_in_turn(self._turn, lambda c: bool(c.queue))) is None:
             return
+        name, client = found
+        msg = client.queue.popleft()
+        client.queued.discard(msg.get("id"))
+        m.LABEL_SERVER_QUEUED.labels(client.name).set(len(client.queue))
+        request = label_request(msg)
+        # the labeler sees fleet-unique ids: two cameras may both send "cam0:42"
+        request = replace(request, id=f"{client.name}/{request.id}", payload=(name, request.id, request.payload))
+        before = Counter(self.labeler.rejected)
+        for answer in self.labeler.submit(request):
+            self._answer(answer)
+        for reason in self.labeler.rejected - before:
+            m.LABEL_SERVER_REQUESTS.labels(client.name, "rejected").inc()
+            self._send(name, Message("label", fields={"id": request.payload[1], "rejected": reason}))
 
     # ---------------------------------------------------------------- training
     def _take_job(self, name: bytes, client: Client, msg: Message) -> None:
         run_id, modality = msg.get("run"), msg.get("modality")
         if not isinstance(run_id, str) or not run_id or len(run_id) > 64 or modality not in ("vision", "text"):
-            self._count(client, "malformed", "a training job without a run id or modality")
+            self._count(client.name, "malformed", "a training job without a run id or modality")
             return
         queued = Message("control", fields={"op": "train_queued", "run": run_id, "life": self.life})
         current = client.jobs.get(modality)
@@ -337,21 +341,17 @@ class FleetServer:
 
     def _train_next(self) -> None:
         """One training slice for the next pipeline in turn that has a job (its modalities in turn)."""
-        for _ in range(len(self._train_turn)):
-            name = self._train_turn[0]
-            self._train_turn.rotate(-1)
-            client = self.clients[name]
-            if not client.jobs:
-                continue
-            modality = next(iter(client.jobs))
-            job = client.jobs.pop(modality)
-            if job.run.step_slice():
-                client.jobs[modality] = job  # to the back: the other modality's job goes next
-            else:
-                self.trained += 1
-                m.TRAIN_SERVER_JOBS.labels(client.name, "trained").inc()
-                self._send(name, result_message(job.id, job.run.result()))
+        if (found := self._next_in_turn(self._train_turn, lambda c: bool(c.jobs))) is None:
             return
+        name, client = found
+        modality = next(iter(client.jobs))
+        job = client.jobs.pop(modality)
+        if job.run.step_slice():
+            client.jobs[modality] = job  # to the back: the other modality's job goes next
+        else:
+            self.trained += 1
+            m.TRAIN_SERVER_JOBS.labels(client.name, "trained").inc()
+            self._send(name, result_message(job.id, job.run.result()))
 
     def _answer(self, answer: Labelled) -> None:
         """The labelled sample goes back whole (embedding and probabilities, no pixels): a pipeline
@@ -398,17 +398,12 @@ class FleetServer:
                 return
             client.held.popleft()
 
-    def _bad_peer(self, detail: str) -> None:
-        m.LABEL_SERVER_REQUESTS.labels("", "malformed").inc()
+    def _count(self, who: str, outcome: str, detail: str) -> None:
+        """Bad input from pipeline ``who`` ("": nameless), counted by outcome and logged, rate-limited."""
+        m.LABEL_SERVER_REQUESTS.labels(who, outcome).inc()
         self._bad += 1
         if self._bad <= 10 or self._bad % 1000 == 0:
-            log.warning("serve: %s [%d so far]", detail, self._bad)
-
-    def _count(self, client: Client, outcome: str, detail: str) -> None:
-        m.LABEL_SERVER_REQUESTS.labels(client.name, outcome).inc()
-        self._bad += 1
-        if self._bad <= 10 or self._bad % 1000 == 0:
-            log.warning("serve: %s from %r: %s [%d so far]", outcome, client.name, detail, self._bad)
+            log.warning("serve: %s from %r: %s [%d so far]", outcome, who, detail, self._bad)
 
     def _handshake_failed(self, event: int, why: str) -> None:
         if event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # refusals by key are counted by the KeyGate

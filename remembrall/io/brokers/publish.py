@@ -500,14 +500,9 @@ class RedisPublisher(BrokerPublisher):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        kw: dict[str, Any] = dict(host=self.url.host, port=self.url.port, db=self.url.db,
-                                  username=self.url.username, password=self.url.password,
-                                  socket_timeout=CONNECT_TIMEOUT_S, socket_connect_timeout=timeout_s,
-                                  retry=Retry(NoBackoff(), 0))  # our backoff, not redis-py's
-        if self.url.tls:
-            kw.update(ssl=True, ssl_ca_certs=self.url.ca_file, ssl_certfile=self.url.cert_file,
-                      ssl_keyfile=self.url.key_file)
-        client = redis.Redis(**kw)
+        client = redis.Redis(**self.url.redis_kwargs(), socket_timeout=CONNECT_TIMEOUT_S,
+                             socket_connect_timeout=timeout_s,
+                             retry=Retry(NoBackoff(), 0))  # our backoff, not redis-py's
         try:
             client.ping()
         except redis.AuthenticationError as exc:

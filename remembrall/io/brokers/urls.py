@@ -29,6 +29,7 @@ import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SCHEMES = {"mqtt": ("mqtt", False, 1883), "mqtts": ("mqtt", True, 8883),
@@ -66,6 +67,14 @@ class BrokerUrl:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+
+    def redis_kwargs(self) -> dict[str, Any]:
+        """Where and as whom ``redis.Redis`` connects (address, database, credentials, TLS)."""
+        kw: dict[str, Any] = {"host": self.host, "port": self.port, "db": self.db, "username": self.username,
+                              "password": self.password}
+        if self.tls:
+            kw.update(ssl=True, ssl_ca_certs=self.ca_file, ssl_certfile=self.cert_file, ssl_keyfile=self.key_file)
+        return kw
 
 
 def is_broker_url(text: str) -> bool:

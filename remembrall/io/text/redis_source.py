@@ -63,11 +63,8 @@ class RedisStreamSource(TextSource):
         self.group = url.group or "remembrall"
         self.consumer = url.consumer or consumer
         self.on_connection = on_connection or (lambda up: None)
-        self.client = redis.Redis(host=url.host, port=url.port, db=url.db, username=url.username,
-                                  password=url.password, ssl=url.tls, ssl_ca_certs=url.ca_file,
-                                  ssl_certfile=url.cert_file, ssl_keyfile=url.key_file,
-                                  socket_timeout=BLOCK_MS / 1000 + 5, socket_connect_timeout=5,
-                                  health_check_interval=30)
+        self.client = redis.Redis(**url.redis_kwargs(), socket_timeout=BLOCK_MS / 1000 + 5,
+                                  socket_connect_timeout=5, health_check_interval=30)
         self._pending: deque[tuple[int, str]] = deque()  # (index, entry id) handed on, not XACKed
         self._to_ack: list[str] = []  # written (or bad) entries whose XACK has not reached Redis
         self._acked_at = 0.0
