@@ -144,6 +144,16 @@ def test_a_full_queue_answers_busy_and_the_edge_retries(keys: Path, tmp_path: Pa
         ctx.term()
 
 
+def exported_at_server(cam: RemoteLabeler, tmp: Path) -> dict:
+    """The sample a server's external labeler exported for people (its JSON), once it is there."""
+    exported = tmp / "server" / "external" / "samples"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not list(exported.glob("*.json")):
+        cam.poll()
+        time.sleep(0.05)
+    return json.loads(next(exported.glob("*.json")).read_text())
+
+
 def test_answers_wait_for_a_pipeline_that_was_away(keys: Path, tmp_path: Path) -> None:
     """A human at the server labels while the edge's label stage is restarting: the answer
     reaches its next life, which has no memory of the request and still gets a whole sample."""
@@ -153,12 +163,7 @@ def test_answers_wait_for_a_pipeline_that_was_away(keys: Path, tmp_path: Path) -
     cam = client(keys, port, "cam-a", ctx)
     try:
         cam.submit(request("cam0:7", "ignored"))
-        exported = tmp_path / "server" / "external" / "samples"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not list(exported.glob("*.png")):
-            cam.poll()
-            time.sleep(0.05)
-        meta = json.loads(next(exported.glob("*.json")).read_text())
+        meta = exported_at_server(cam, tmp_path)
         assert meta["id"] == "cam-a/label/cam0:7"  # fleet-unique at the server
         cam.close()  # the edge's label stage dies
         (tmp_path / "server" / "external" / "labels" / "a.json").write_text(json.dumps({"id": meta["id"], "label": "owl"}))
@@ -227,11 +232,7 @@ def test_a_name_cannot_be_taken_over_with_another_allowed_key(keys: Path, tmp_pa
     owner = client(keys, port, "cam-a", ctx)
     try:
         owner.submit(request("cam0:1", "x"))
-        exported = tmp_path / "server" / "external" / "samples"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not list(exported.glob("*.json")):
-            owner.poll()
-            time.sleep(0.05)
+        exported_at_server(owner, tmp_path)
         owner.close()  # away; a human answers meanwhile
         (tmp_path / "server" / "external" / "labels" / "a.json").write_text(
             json.dumps({"id": "cam-a/label/cam0:1", "label": "owl"}))
