@@ -55,22 +55,32 @@ class Journal:
                 self._failed = True
 
 
-def read_events(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Events from byte ``offset`` on and the offset to continue from; a cut or garbled line is
-    skipped (a line still being written is left for the next call)."""
-    events: list[dict[str, Any]] = []
+def read_lines(path: str | os.PathLike[str], offset: int = 0, max_bytes: int | None = None
+               ) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:
+    """Journal lines from byte ``offset`` on, raw and parsed, and the offset to continue from; a cut
+    or garbled line is skipped (a line still being written is left for the next call). With
+    ``max_bytes`` at most that much is read, and a line longer than it is skipped."""
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
-            data = fh.read()
+            data = fh.read(-1 if max_bytes is None else max_bytes)
     except OSError:
-        return events, offset
+        return [], offset
     end = data.rfind(b"\n") + 1  # only whole lines
+    if end == 0 and max_bytes is not None and len(data) >= max_bytes:
+        return [], offset + len(data)
+    lines = []
     for raw in data[:end].splitlines():
         try:
             rec = json.loads(raw)
         except ValueError:
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("event"), str) and isinstance(rec.get("ts"), (int, float)):
-            events.append(rec)
-    return events, offset + end
+        if isinstance(rec, dict) and isinstance(rec.get("event"), str):
+            lines.append((raw, rec))
+    return lines, offset + end
+
+
+def read_events(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Events from byte ``offset`` on and the offset to continue from (see :func:`read_lines`)."""
+    lines, offset = read_lines(path, offset)
+    return [rec for _, rec in lines if isinstance(rec.get("ts"), (int, float))], offset

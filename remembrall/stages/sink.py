@@ -34,6 +34,7 @@ from remembrall.io.brokers.publish import (
 from remembrall.io.brokers.urls import parse_broker_url
 from remembrall.monitoring import metrics as m
 from remembrall.monitoring.journal import FILE_NAME as EVENTS_FILE
+from remembrall.monitoring.journal import read_lines
 from remembrall.pipeline.delivery import MAX_ABOVE, SeqLedger, ledger_state_bytes
 from remembrall.pipeline.messages import Message
 from remembrall.pipeline.runtime import Stage
@@ -99,31 +100,15 @@ class EventTail:
 
     def poll(self) -> list[bytes]:
         try:
-            with self.path.open("rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size < self.offset:  # replaced or cut: start over
-                    self.offset = 0
-                if size == self.offset:
-                    return []
-                fh.seek(self.offset)
-                data = fh.read(min(size - self.offset, self.max_read))
+            size = self.path.stat().st_size
         except OSError:
             return []
-        end = data.rfind(b"\n") + 1
-        if end == 0:
-            if len(data) >= self.max_read:  # one line longer than we read: skip it
-                self.offset += len(data)
+        if size < self.offset:  # replaced or cut: start over
+            self.offset = 0
+        if size == self.offset:
             return []
-        self.offset += end
-        lines = []
-        for raw in data[:end].splitlines():
-            try:
-                rec = json.loads(raw)
-            except ValueError:  # the tail of a line cut before we started, or garbage
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("event"), str):
-                lines.append(raw)
-        return lines
+        lines, self.offset = read_lines(self.path, self.offset, self.max_read)
+        return [raw for raw, _ in lines]
 
 
 class SinkStage(Stage):
