@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine, print_table, write_json
+from remembrall.heap import rss_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 1280  # EfficientNet-Lite0's embedding size (remembrall.models.backbone.EMBED_DIM)
@@ -362,11 +363,6 @@ def build_zoo(root: Path, n: int, seed: int) -> float:
         faiss.omp_set_num_threads(threads)
     zoo.save()
     return time.perf_counter() - t0
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (``/proc/self/statm``: psutil is not a dependency)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def wait_resident(heads: Any, version: int, timeout: float = 30.0) -> None:
