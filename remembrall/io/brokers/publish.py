@@ -358,10 +358,7 @@ class MqttPublisher(BrokerPublisher):
         v5 = self._protocol_v5
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.url.client_id,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, reconnect_on_failure=False)
-        if self.url.username is not None:
-            client.username_pw_set(self.url.username, self.url.password)
-        if self.url.tls:
-            client.tls_set(ca_certs=self.url.ca_file, certfile=self.url.cert_file, keyfile=self.url.key_file)
+        self.url.secure_mqtt(client)
         client.connect_timeout = timeout_s
         client.max_inflight_messages_set(self.window)
         connack = threading.Event()

@@ -68,6 +68,13 @@ class BrokerUrl:
     cert_file: str | None = None
     key_file: str | None = None
 
+    def secure_mqtt(self, client: Any) -> None:
+        """Set this URL's credentials and TLS on a paho-mqtt client (before it connects)."""
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set(ca_certs=self.ca_file, certfile=self.cert_file, keyfile=self.key_file)
+
     def redis_kwargs(self) -> dict[str, Any]:
         """Where and as whom ``redis.Redis`` connects (address, database, credentials, TLS)."""
         kw: dict[str, Any] = {"host": self.host, "port": self.port, "db": self.db, "username": self.username,

@@ -54,10 +54,7 @@ class MqttSource(TextSource):
         persistent = url.qos > 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=url.client_id or client_id,
                                   clean_session=not persistent)
-        if url.username:
-            self.client.username_pw_set(url.username, url.password)
-        if url.tls:
-            self.client.tls_set(ca_certs=url.ca_file, certfile=url.cert_file, keyfile=url.key_file)
+        url.secure_mqtt(self.client)
         self.client.reconnect_delay_set(0.5, 30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
